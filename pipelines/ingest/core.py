@@ -1,0 +1,196 @@
+"""Ingest every export under the raw folder into accepted tables, rejected rows and an audit.
+
+CONTRACT.md, "Rows that break a rule": files (rule 1, :mod:`reader`), rows on their own
+(rule 2, :mod:`validate`), references (rule 3, here) and keys (rule 4, :mod:`keys`).
+Tables are settled in the order episodes, sessions, pain_scores, each against the
+accepted rows of the one before. Every row of a read file ends in exactly one of
+accepted, duplicate, superseded or rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+
+from pipelines.ingest.keys import settle_keys
+from pipelines.ingest.privacy import mask_expr
+from pipelines.ingest.reader import RefusedFile, discover, read_file
+from pipelines.ingest.spec import TABLE_ORDER, TABLES, TableSpec
+from pipelines.ingest.validate import check_rows
+from pipelines.vocabulary import Vocabulary
+
+STATUSES = ("accepted", "duplicate", "superseded", "rejected")
+
+REJECTED_SCHEMA = {"source_file": pl.String, "line": pl.Int64, "table": pl.String,
+                   "reasons": pl.String, "raw": pl.String}
+AUDIT_SCHEMA = {"source_file": pl.String, "table": pl.String, "status": pl.String, "reason": pl.String,
+                "rows_read": pl.Int64, "accepted": pl.Int64, "duplicate": pl.Int64,
+                "superseded": pl.Int64, "rejected": pl.Int64}
+
+
+@dataclass
+class IngestResult:
+    episodes: pl.DataFrame
+    sessions: pl.DataFrame
+    pain_scores: pl.DataFrame
+    rejected: pl.DataFrame
+    audit: pl.DataFrame
+
+    def table(self, name: str) -> pl.DataFrame:
+        return getattr(self, name)
+
+
+def _reference_reasons(table: str, rows: pl.DataFrame, accepted: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """Rule 3: add ``ref_reasons`` (list) against the accepted rows of earlier tables."""
+    def reason(cond: pl.Expr, *parts: pl.Expr | str) -> pl.Expr:
+        text = pl.concat_str([p if isinstance(p, pl.Expr) else pl.lit(p) for p in parts])
+        return pl.when(cond.fill_null(False)).then(text).otherwise(None)
+
+    if table == "episodes":
+        return rows.with_columns(pl.lit([], pl.List(pl.String)).alias("ref_reasons"))
+    episodes = accepted["episodes"].select("episode_id", pl.col("referral_date").alias("_referral"),
+                                           pl.lit(True).alias("_episode_ok"))
+    rows = rows.join(episodes, on="episode_id", how="left")
+    no_episode = reason(pl.col("_episode_ok").is_null(), "episode_id: '", pl.col("episode_id"),
+                        "' is not an accepted episode")
+    if table == "sessions":
+        checks = [no_episode,
+                  reason(pl.col("session_date") < pl.col("_referral"), "session_date: ",
+                         pl.col("session_date").cast(pl.String), " is before the episode's referral_date ",
+                         pl.col("_referral").cast(pl.String))]
+        drop = ["_referral", "_episode_ok"]
+    else:
+        sessions = accepted["sessions"].select("session_id", pl.col("episode_id").alias("_session_episode"))
+        rows = rows.join(sessions, on="session_id", how="left")
+        prepost = pl.col("timepoint").is_in(["pre", "post"])
+        checks = [
+            no_episode,
+            reason(prepost & pl.col("_session_episode").is_null(), "session_id: '", pl.col("session_id"),
+                   "' is not an accepted session"),
+            reason(prepost & (pl.col("_session_episode") != pl.col("episode_id")), "session_id: '",
+                   pl.col("session_id"), "' belongs to episode '", pl.col("_session_episode"),
+                   "', not '", pl.col("episode_id"), "'"),
+            reason((pl.col("timepoint") == "followup") & (pl.col("recorded_on") < pl.col("_referral")),
+                   "recorded_on: ", pl.col("recorded_on").cast(pl.String),
+                   " is before the episode's referral_date ", pl.col("_referral").cast(pl.String)),
+        ]
+        drop = ["_referral", "_episode_ok", "_session_episode"]
+    return rows.with_columns(pl.concat_list(checks).list.drop_nulls().alias("ref_reasons")).drop(drop)
+
+
+def _key(table: str) -> tuple[pl.Expr, pl.Expr]:
+    """The key of a row as one comparable string, and a label for reasons."""
+    if table == "episodes":
+        return pl.col("episode_id"), pl.concat_str([pl.lit("episode_id '"), pl.col("episode_id"), pl.lit("'")])
+    if table == "sessions":
+        return pl.col("session_id"), pl.concat_str([pl.lit("session_id '"), pl.col("session_id"), pl.lit("'")])
+    followup = pl.col("timepoint") == "followup"
+    key = pl.when(followup).then(
+        pl.concat_str([pl.lit("F\x1f"), pl.col("episode_id"), pl.lit("\x1f"), pl.col("recorded_on").cast(pl.String)])
+    ).otherwise(pl.concat_str([pl.lit("S\x1f"), pl.col("session_id"), pl.lit("\x1f"), pl.col("timepoint")]))
+    label = pl.when(followup).then(
+        pl.concat_str([pl.lit("followup key (episode_id '"), pl.col("episode_id"), pl.lit("', recorded_on "),
+                       pl.col("recorded_on").cast(pl.String), pl.lit(")")])
+    ).otherwise(pl.concat_str([pl.lit("score key (session_id '"), pl.col("session_id"), pl.lit("', "),
+                               pl.col("timepoint"), pl.lit(")")]))
+    return key, label
+
+
+def _settle_table(spec: TableSpec, rows: pl.DataFrame, accepted: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """Run rules 3 and 4 on rows that passed rule 2; returns rows with status and reasons."""
+    passed = rows.filter(pl.col("reasons").list.len() == 0)
+    failed = rows.filter(pl.col("reasons").list.len() > 0).with_columns(pl.lit("rejected").alias("status"))
+    passed = _reference_reasons(spec.name, passed, accepted)
+    ref_failed = passed.filter(pl.col("ref_reasons").list.len() > 0).with_columns(
+        pl.col("ref_reasons").alias("reasons"), pl.lit("rejected").alias("status"))
+    passed = passed.filter(pl.col("ref_reasons").list.len() == 0)
+    key, label = _key(spec.name)
+    settled = settle_keys(passed, key, label, spec.names).with_columns(
+        pl.when(pl.col("status") == "rejected").then(pl.col("key_reasons")).otherwise(pl.col("reasons"))
+        .alias("reasons"))
+    columns = failed.columns
+    return pl.concat([failed, ref_failed.select(columns), settled.select(columns)], how="vertical")
+
+
+def _empty_checked(spec: TableSpec) -> pl.DataFrame:
+    from pipelines.ingest.validate import check_rows as _check
+    from pipelines.vocabulary import Vocabulary as _V
+    frame = pl.DataFrame(schema={"line": pl.Int64, **{c: pl.String for c in spec.names}})
+    checked = _check(frame, spec, _V(lookup={}, labels={}, source=""), date(2000, 1, 1))
+    return checked.with_columns(pl.lit(None, pl.String).alias("source_file"),
+                                pl.lit(None, pl.Int64).alias("file_idx"))
+
+
+def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | None = None) -> IngestResult:
+    """Read, validate and settle every export file under ``raw_dir`` (never modified)."""
+    vocabulary = vocabulary or Vocabulary.load()
+    raw_dir = Path(raw_dir)
+    file_rows: list[dict] = []
+    checked: dict[str, list[pl.DataFrame]] = {t: [] for t in TABLE_ORDER}
+    ragged: list[pl.DataFrame] = []
+    for file_idx, raw in enumerate(discover(raw_dir)):
+        entry = {"source_file": raw.relpath, "table": raw.table, "status": "ignored", "reason": None}
+        file_rows.append(entry)
+        if raw.table is None:
+            entry["reason"] = "name does not match episodes*, sessions* or pain_scores* (.csv or .parquet)"
+            continue
+        spec = TABLES[raw.table]
+        try:
+            read = read_file(raw, spec)
+        except RefusedFile as exc:
+            entry.update(status="refused", reason=str(exc))
+            continue
+        except OSError as exc:
+            entry.update(status="refused", reason=f"cannot be opened: {exc.strerror or exc}")
+            continue
+        entry["status"] = "ingested"
+        notes = []
+        if read.extra_columns:
+            notes.append("extra columns ignored: " + ", ".join(read.extra_columns))
+        if read.blank_lines:
+            notes.append(f"{read.blank_lines} blank line(s) skipped")
+        entry["reason"] = "; ".join(notes) or None
+        rows = check_rows(read.frame, spec, vocabulary, today).with_columns(
+            pl.lit(raw.relpath).alias("source_file"), pl.lit(file_idx, pl.Int64).alias("file_idx"))
+        checked[raw.table].append(rows)
+        if read.ragged.height:
+            ragged.append(read.ragged.with_columns(pl.lit(raw.relpath).alias("source_file"),
+                                                   pl.lit(raw.table).alias("table")))
+
+    accepted: dict[str, pl.DataFrame] = {}
+    statuses: list[pl.DataFrame] = []
+    rejected: list[pl.DataFrame] = [r.select(list(REJECTED_SCHEMA)) for r in ragged]
+    for table in TABLE_ORDER:
+        spec = TABLES[table]
+        rows = pl.concat(checked[table], how="vertical") if checked[table] else _empty_checked(spec)
+        settled = _settle_table(spec, rows, accepted)
+        accepted[table] = (settled.filter(pl.col("status") == "accepted")
+                           .sort("file_idx", "line").select(*spec.names, "source_file", "line"))
+        statuses.append(settled.select("source_file", "status"))
+        bad = settled.filter(pl.col("status") == "rejected")
+        raw_json = pl.struct([mask_expr(pl.col(f"raw_{c}")).alias(c) for c in spec.names]).struct.json_encode()
+        rejected.append(bad.sort("file_idx", "line").select(
+            "source_file", "line", pl.lit(table).alias("table"),
+            pl.col("reasons").list.join("; ").alias("reasons"), raw_json.alias("raw")))
+
+    rejected_df = pl.concat([r.cast(REJECTED_SCHEMA) for r in rejected], how="vertical")
+    rejected_df = rejected_df.sort("source_file", "line")
+    audit = _audit(file_rows, statuses, rejected_df)
+    return IngestResult(episodes=accepted["episodes"], sessions=accepted["sessions"],
+                        pain_scores=accepted["pain_scores"], rejected=rejected_df, audit=audit)
+
+
+def _audit(file_rows: list[dict], statuses: list[pl.DataFrame], rejected: pl.DataFrame) -> pl.DataFrame:
+    files = pl.DataFrame(file_rows, schema={k: AUDIT_SCHEMA[k] for k in ("source_file", "table", "status", "reason")})
+    status_rows = pl.concat(statuses, how="vertical").filter(pl.col("status") != "rejected")
+    counts = (status_rows.group_by("source_file").agg(
+        [(pl.col("status") == s).sum().cast(pl.Int64).alias(s) for s in STATUSES[:3]]))
+    rejected_counts = rejected.group_by("source_file").agg(pl.len().cast(pl.Int64).alias("rejected"))
+    audit = (files.join(counts, on="source_file", how="left")
+             .join(rejected_counts, on="source_file", how="left")
+             .with_columns([pl.col(s).fill_null(0) for s in STATUSES]))
+    audit = audit.with_columns(sum(pl.col(s) for s in STATUSES).alias("rows_read"))
+    return audit.select(list(AUDIT_SCHEMA)).cast(AUDIT_SCHEMA)

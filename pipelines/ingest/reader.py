@@ -1,0 +1,231 @@
+"""Find export files under the raw folder and read each into a frame of strings.
+
+Rule 1 of CONTRACT.md lives here: a file that cannot be read is refused whole, with a
+reason a clinic's staff can act on. A readable file becomes a polars frame with one
+String column per contract column present (cells trimmed, empty cells null) plus
+``line``; rows with the wrong number of fields come back separately, already rejected.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from pipelines.ingest.spec import IDENTIFIER_COLUMNS, TableSpec, table_for_filename
+from pipelines.vocabulary import normalise
+
+BOM = b"\xef\xbb\xbf"
+
+
+class RefusedFile(Exception):
+    """A whole file refused under rule 1; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class RawFile:
+    path: Path
+    relpath: str  # posix path relative to the raw folder
+    table: str | None  # None: ignored
+    refusal: str | None = None  # refused before reading (e.g. a link leaving the folder)
+
+
+@dataclass
+class ReadFile:
+    """A readable file: its rows as strings, and the rows that could not be split."""
+
+    frame: pl.DataFrame  # contract columns present (String, trimmed, "" -> null) + line
+    ragged: pl.DataFrame  # line, reasons, raw
+    extra_columns: list[str] = field(default_factory=list)
+    blank_lines: int = 0
+
+
+def discover(raw_dir: Path) -> list[RawFile]:
+    """Every file under ``raw_dir``, ordered by relative path compared as plain strings."""
+    raw_dir = Path(raw_dir)
+    root = raw_dir.resolve()
+    found: list[RawFile] = []
+    for dirpath, dirnames, filenames in os.walk(raw_dir, followlinks=False):
+        dirnames.sort()
+        for name in filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(raw_dir).as_posix()
+            table = table_for_filename(name)
+            refusal = None
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(root):
+                    refusal = "symbolic link pointing outside the raw folder; copy the file in instead"
+                elif not target.is_file():
+                    refusal = "symbolic link to something that is not a file"
+            found.append(RawFile(path, rel, table, refusal if table else None))
+    found.sort(key=lambda f: f.relpath)
+    return found
+
+
+def _normalise_header(raw_names: list[str], spec: TableSpec) -> tuple[list[str], list[str]]:
+    """Match column names; refuse identifiers, duplicates and missing required columns.
+
+    Returns the matched name per position (None-like "" for extras) and the extras.
+    """
+    matched: list[str] = []
+    extras: list[str] = []
+    seen: dict[str, int] = {}
+    identifiers = [n for n in raw_names if normalise(n) in IDENTIFIER_COLUMNS]
+    if identifiers:
+        shown = ", ".join(repr(n.strip()) for n in identifiers)
+        raise RefusedFile(
+            f"column {shown} names a direct identifier; remove it from the export "
+            "(the pipeline must not receive names, contact details, dates of birth or record numbers)")
+    for position, raw in enumerate(raw_names):
+        name = raw.strip().lower()
+        if name in seen and name:
+            raise RefusedFile(f"column '{name}' appears twice (columns {seen[name] + 1} and {position + 1})")
+        seen[name] = position
+        if name in spec.names:
+            matched.append(name)
+        else:
+            matched.append("")
+            extras.append(raw.strip() or f"(unnamed column {position + 1})")
+    missing = [c for c in spec.required_in_file if c not in matched]
+    if missing:
+        raise RefusedFile(
+            f"required column(s) missing: {', '.join(missing)} "
+            f"(header has: {', '.join(n.strip() for n in raw_names)})")
+    return matched, extras
+
+
+def _check_utf8(data: bytes) -> None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RefusedFile(
+            f"not UTF-8: byte 0x{data[exc.start]:02X} on line {line} cannot be decoded; "
+            "re-export the file as UTF-8") from None
+
+
+def _header(data: bytes) -> list[str]:
+    first = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8")
+    try:
+        return next(csv.reader([first]))
+    except (StopIteration, csv.Error) as exc:
+        raise RefusedFile(f"header row cannot be read: {exc}") from None
+
+
+def read_csv(path: Path, spec: TableSpec) -> ReadFile:
+    data = path.read_bytes()
+    if data.startswith(BOM):
+        data = data[len(BOM):]
+    if not data.strip():
+        raise RefusedFile("file is empty (no header row)")
+    _check_utf8(data)
+    if data.count(b'"') % 2:
+        raise RefusedFile("broken quoting: a double quote is never closed; check quoted fields")
+    raw_names = _header(data)
+    matched, extras = _normalise_header(raw_names, spec)
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    ncols = len(raw_names)
+    positional = [f"c{i}" for i in range(ncols)]
+    bad: list[tuple[int, int, str]] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        bad.append((row.number, row.actual_columns, row.text))
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(data),
+            read_options=pacsv.ReadOptions(use_threads=False, skip_rows=1, column_names=positional,
+                                           block_size=1 << 26),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False,
+                                             invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in positional},
+                include_columns=[p for p, m in zip(positional, matched) if m],
+                strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, pa.ArrowException) as exc:
+        raise RefusedFile(f"cannot be parsed as CSV: {exc}") from None
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    frame = frame.rename({p: m for p, m in zip(positional, matched) if m})
+    # line numbers: records are numbered from 2 (header = 1); rows pyarrow skipped keep theirs
+    # (its numbers count the header as record 1 when skip_rows is used: row.number is the
+    # 1-based record number in the file).
+    total = frame.height + len(bad)
+    lines = np.arange(2, total + 2, dtype=np.int64)
+    if bad:
+        lines = np.setdiff1d(lines, np.array([b[0] for b in bad], dtype=np.int64))
+    frame = frame.with_columns(pl.Series("line", lines, dtype=pl.Int64))
+    frame = _trim(frame, [m for m in matched if m])
+    contract_cols = [m for m in matched if m]
+    blank = pl.all_horizontal(pl.col(c).is_null() for c in contract_cols) if contract_cols else pl.lit(True)
+    blank_lines = int(frame.select(blank.sum()).item()) if frame.height else 0
+    frame = frame.filter(~blank)
+    ragged = _ragged_rows(bad, spec.names, matched, ncols)
+    return ReadFile(frame=frame, ragged=ragged, extra_columns=extras, blank_lines=blank_lines)
+
+
+def _ragged_rows(bad: list[tuple[int, int, str]], names: list[str], matched: list[str],
+                 ncols: int) -> pl.DataFrame:
+    """Rows with the wrong number of fields: rejected here, with their fields mapped by position."""
+    from pipelines.ingest.privacy import mask_value
+
+    lines, reasons, raws = [], [], []
+    for number, actual, text in bad:
+        try:
+            fields = next(csv.reader(io.StringIO(text)))
+        except (StopIteration, csv.Error):
+            fields = []
+        by_name = {m: (fields[i].strip() or None) for i, m in enumerate(matched) if m and i < len(fields)}
+        raw = {name: mask_value(by_name.get(name)) for name in names}
+        lines.append(number)
+        reasons.append(f"row: has {actual} fields, the header has {ncols}")
+        raws.append(json.dumps(raw, ensure_ascii=False, separators=(",", ":")))
+    return pl.DataFrame({"line": lines, "reasons": reasons, "raw": raws},
+                        schema={"line": pl.Int64, "reasons": pl.String, "raw": pl.String})
+
+
+def read_parquet(path: Path, spec: TableSpec) -> ReadFile:
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is refused with its reason
+        raise RefusedFile(f"cannot be read as Parquet: {exc}") from None
+    raw_names = frame.columns
+    matched, extras = _normalise_header(raw_names, spec)
+    keep = {raw: m for raw, m in zip(raw_names, matched) if m}
+    frame = frame.select([pl.col(raw).cast(pl.String).alias(m) for raw, m in keep.items()])
+    frame = frame.with_columns(pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias("line"))
+    frame = _trim(frame, list(keep.values()))
+    contract_cols = list(keep.values())
+    blank = pl.all_horizontal(pl.col(c).is_null() for c in contract_cols)
+    blank_rows = int(frame.select(blank.sum()).item()) if frame.height else 0
+    # an all-empty Parquet row is still a row: it is rejected for its missing cells.
+    del blank_rows
+    empty = pl.DataFrame(schema={"line": pl.Int64, "reasons": pl.String, "raw": pl.String})
+    return ReadFile(frame=frame, ragged=empty, extra_columns=extras)
+
+
+def _trim(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    trimmed = [pl.col(c).str.strip_chars() for c in columns]
+    frame = frame.with_columns(trimmed)
+    return frame.with_columns([
+        pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in columns])
+
+
+def read_file(raw: RawFile, spec: TableSpec) -> ReadFile:
+    if raw.refusal:
+        raise RefusedFile(raw.refusal)
+    if raw.relpath.lower().endswith(".parquet"):
+        return read_parquet(raw.path, spec)
+    return read_csv(raw.path, spec)
