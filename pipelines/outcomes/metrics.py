@@ -1,0 +1,162 @@
+"""One episode's outcome (METRICS.md, "One episode"), vectorised over all episodes.
+
+Every step is a polars join, sort or group-by; nothing loops over episodes in Python, so
+the same code serves five episodes in a test and millions in the weekly run.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+
+from pipelines.settings import Settings
+
+#: tolerance with which a percentage "reaches" a threshold (METRICS.md, step 6)
+REACH_TOLERANCE = 1e-9
+
+EXCLUSION_REASONS = ("no sessions", "no baseline", "no pain at baseline", "no outcome")
+
+OUTCOME_COLUMNS = [
+    "episode_id", "patient_id", "clinic_id", "condition", "referral_date", "sessions_attended",
+    "prescribed_sessions", "baseline_pain", "final_pain", "change", "pct_change", "responder_30",
+    "responder_50", "sessions_to_response", "response_observed", "exclusion_reason",
+]
+#: carried along for cohort selection by researchers (not required by the contract)
+EXTRA_COLUMNS = ["age_band", "sex", "chronicity", "n_observations", "analysed"]
+
+
+def reaches(pct: pl.Expr, threshold: float) -> pl.Expr:
+    """A percentage reaches a threshold when it is >= threshold - 1e-9 (METRICS.md step 6)."""
+    return pct >= threshold - REACH_TOLERANCE
+
+
+def episodes_as_of(episodes: pl.DataFrame, as_of: date) -> pl.DataFrame:
+    return episodes.filter(pl.col("referral_date") <= as_of)
+
+
+def numbered_sessions(episodes: pl.DataFrame, sessions: pl.DataFrame, as_of: date) -> pl.DataFrame:
+    """Sessions dated on or before D, numbered k = 1..n per episode by (session_date, session_id)."""
+    return (
+        sessions.filter(pl.col("session_date") <= as_of)
+        .join(episodes.select("episode_id"), on="episode_id", how="semi")
+        .select("session_id", "episode_id", "session_date")
+        .sort("episode_id", "session_date", "session_id")
+        .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("episode_id").alias("k"))
+    )
+
+
+def session_scores(numbered: pl.DataFrame, pain_scores: pl.DataFrame) -> pl.DataFrame:
+    """One row per numbered session with its ``pre`` and ``post`` scores (null when absent)."""
+    prepost = pain_scores.filter(pl.col("timepoint").is_in(["pre", "post"])).select(
+        "session_id", "episode_id", "timepoint", "score")
+    wide = prepost.pivot(on="timepoint", index=["session_id", "episode_id"], values="score",
+                         aggregate_function="first") if prepost.height else None
+    out = numbered
+    for tp in ("pre", "post"):
+        if wide is not None and tp in wide.columns:
+            out = out.join(wide.select("session_id", "episode_id", tp), on=["session_id", "episode_id"], how="left")
+        else:
+            out = out.with_columns(pl.lit(None, pl.Float64).alias(tp))
+    return out
+
+
+def outcome_observations(numbered: pl.DataFrame, scored: pl.DataFrame, pain_scores: pl.DataFrame,
+                         episodes: pl.DataFrame, as_of: date) -> pl.DataFrame:
+    """Ratings taken after at least one treatment: (episode_id, date, t, score).
+
+    ``pre`` of session k >= 2 gives t = k - 1 on the session's date; a follow-up gives
+    t = the number of sessions dated on or before its recorded_on, and is dropped at t = 0.
+    """
+    from_pre = scored.filter((pl.col("k") >= 2) & pl.col("pre").is_not_null()).select(
+        "episode_id", pl.col("session_date").alias("date"), (pl.col("k") - 1).alias("t"),
+        pl.col("pre").alias("score"))
+    followups = (
+        pain_scores.filter((pl.col("timepoint") == "followup") & (pl.col("recorded_on") <= as_of))
+        .join(episodes.select("episode_id"), on="episode_id", how="semi")
+        .select("episode_id", pl.col("recorded_on").alias("date"), "score")
+        .sort("date")
+    )
+    # sessions on or before each date = the largest k among sessions dated on or before it
+    last_k_by_date = (numbered.group_by("episode_id", "session_date").agg(pl.col("k").max())
+                      .sort("session_date"))
+    followups = followups.join_asof(last_k_by_date, left_on="date", right_on="session_date",
+                                    by="episode_id", strategy="backward",
+                                    check_sortedness=False)
+    from_followup = followups.select("episode_id", "date", pl.col("k").fill_null(0).alias("t"), "score").filter(
+        pl.col("t") >= 1)
+    return pl.concat([from_pre, from_followup], how="vertical").sort("episode_id", "date", "t")
+
+
+def episode_outcomes(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+                     as_of: date, settings: Settings | None = None) -> pl.DataFrame:
+    """One row per episode referred on or before ``as_of``, as METRICS.md "One episode" defines.
+
+    baseline_pain and final_pain are filled wherever they exist; change, pct_change, the
+    responder flags and sessions to response only for analysed episodes.
+    """
+    settings = settings or Settings()
+    eps = episodes_as_of(episodes, as_of)
+    numbered = numbered_sessions(eps, sessions, as_of)
+    scored = session_scores(numbered, pain_scores)
+    obs = outcome_observations(numbered, scored, pain_scores, eps, as_of)
+
+    attended = numbered.group_by("episode_id").agg(pl.len().cast(pl.Int64).alias("sessions_attended"))
+    baseline = scored.filter(pl.col("k") == 1).select("episode_id", pl.col("pre").alias("baseline_pain"))
+    obs = obs.join(baseline, on="episode_id", how="left").with_columns(
+        (100.0 * (pl.col("baseline_pain") - pl.col("score")) / pl.col("baseline_pain")).alias("_pct"))
+    per_episode = obs.group_by("episode_id").agg(
+        pl.col("score").last().alias("final_pain"),
+        pl.len().cast(pl.Int64).alias("n_observations"),
+        pl.col("t").last().alias("_last_t"),
+        pl.col("t").filter(reaches(pl.col("_pct"), settings.response_threshold)).first().alias("_response_t"),
+    )
+    out = (
+        eps.join(attended, on="episode_id", how="left")
+        .join(baseline, on="episode_id", how="left")
+        .join(per_episode, on="episode_id", how="left")
+        .with_columns(pl.col("sessions_attended").fill_null(0), pl.col("n_observations").fill_null(0))
+    )
+    exclusion = (
+        pl.when(pl.col("sessions_attended") == 0).then(pl.lit(EXCLUSION_REASONS[0]))
+        .when(pl.col("baseline_pain").is_null()).then(pl.lit(EXCLUSION_REASONS[1]))
+        .when(pl.col("baseline_pain") == 0).then(pl.lit(EXCLUSION_REASONS[2]))
+        .when(pl.col("n_observations") == 0).then(pl.lit(EXCLUSION_REASONS[3]))
+        .otherwise(None)
+    )
+    out = out.with_columns(exclusion.alias("exclusion_reason"))
+    analysed = pl.col("exclusion_reason").is_null()
+    change = pl.col("baseline_pain").cast(pl.Float64) - pl.col("final_pain").cast(pl.Float64)
+    pct = 100.0 * change / pl.col("baseline_pain")
+    out = out.with_columns(
+        analysed.alias("analysed"),
+        pl.when(analysed).then(change).alias("change"),
+        pl.when(analysed).then(pct).alias("pct_change"),
+    ).with_columns(
+        pl.when(analysed).then(reaches(pl.col("pct_change"), settings.responder_30_threshold)).alias("responder_30"),
+        pl.when(analysed).then(reaches(pl.col("pct_change"), settings.responder_50_threshold)).alias("responder_50"),
+        pl.when(analysed).then(pl.coalesce("_response_t", "_last_t")).cast(pl.Int64).alias("sessions_to_response"),
+        pl.when(analysed).then(pl.col("_response_t").is_not_null()).alias("response_observed"),
+    )
+    return out.select(OUTCOME_COLUMNS + EXTRA_COLUMNS).sort("episode_id")
+
+
+def session_relief(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+                   as_of: date) -> pl.DataFrame:
+    """Within-session relief (pre - post) of every session on or before D with both scores."""
+    eps = episodes_as_of(episodes, as_of)
+    scored = session_scores(numbered_sessions(eps, sessions, as_of), pain_scores)
+    return (scored.filter(pl.col("pre").is_not_null() & pl.col("post").is_not_null())
+            .join(eps.select("episode_id", "clinic_id", "condition"), on="episode_id")
+            .with_columns((pl.col("pre") - pl.col("post")).alias("relief")))
+
+
+def latest_record_date(sessions: pl.DataFrame, pain_scores: pl.DataFrame) -> date | None:
+    """The default as-of date: the latest accepted session date or follow-up date."""
+    candidates = [
+        sessions.select(pl.col("session_date").max()).item() if sessions.height else None,
+        pain_scores.filter(pl.col("timepoint") == "followup").select(pl.col("recorded_on").max()).item()
+        if pain_scores.height else None,
+    ]
+    candidates = [c for c in candidates if c is not None]
+    return max(candidates) if candidates else None
