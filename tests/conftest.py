@@ -150,6 +150,7 @@ def check_ingest_reconciles(res, raw_dir: Path, today: date = INGEST_TODAY) -> N
             assert p["session_id"] in session_episode, f"accepted score of a non-accepted session: {p}"
             assert session_episode[p["session_id"]] == p["episode_id"], f"score/session episode mismatch: {p}"
             prepost_keys.append((p["session_id"], p["timepoint"]))
+            assert p["recorded_on"] is None or p["recorded_on"] <= today, p
         else:
             assert p["timepoint"] == "followup", p
             assert p["session_id"] is None and p["recorded_on"] is not None, p

@@ -23,6 +23,8 @@ SUMMARY_COLUMNS = [
     "mean_sessions_attended", "adherence", "immediate_relief_mean", "suppressed",
 ]
 _FLOAT_COLUMNS = [c for c in SUMMARY_COLUMNS if c not in ("condition", "n_episodes", "n_analysed", "suppressed")]
+SUMMARY_SCHEMA = {"condition": pl.String, "n_episodes": pl.Int64, "n_analysed": pl.Int64,
+                  **{c: pl.Float64 for c in _FLOAT_COLUMNS}, "suppressed": pl.Boolean}
 
 
 def _mean(values: np.ndarray) -> float | None:

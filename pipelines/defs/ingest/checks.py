@@ -1,0 +1,73 @@
+"""Data-quality checks on the ingest outputs, visible in the Dagster UI."""
+
+
+import dagster as dg
+import polars as pl
+
+COUNTS = ["accepted", "duplicate", "superseded", "rejected"]
+
+
+@dg.asset_check(asset="ingest_audit", blocking=True, additional_ins={"rejected_rows": dg.AssetIn("rejected_rows")},
+                description="Per file: rows_read = accepted + duplicate + superseded + rejected.")
+def audit_reconciles(ingest_audit: pl.DataFrame, rejected_rows: pl.DataFrame) -> dg.AssetCheckResult:
+    audit = ingest_audit.with_columns(sum(pl.col(c) for c in COUNTS).alias("_sum"))
+    broken = audit.filter(pl.col("_sum") != pl.col("rows_read"))
+    per_file = rejected_rows.group_by("source_file").agg(pl.len().alias("_rejected_rows"))
+    mismatch = (audit.join(per_file, on="source_file", how="left")
+                .filter(pl.col("_rejected_rows").fill_null(0) != pl.col("rejected")))
+    not_read = audit.filter((pl.col("status") != "ingested") & (pl.col("rows_read") != 0))
+    passed = broken.is_empty() and mismatch.is_empty() and not_read.is_empty()
+    return dg.AssetCheckResult(passed=passed, metadata={
+        "files": audit.height,
+        "files_not_reconciling": broken["source_file"].to_list(),
+        "files_whose_rejected_rows_differ": mismatch["source_file"].to_list(),
+        "rows_read": int(audit["rows_read"].sum()),
+    })
+
+
+@dg.asset_check(asset="episodes", name="episodes_key_unique", blocking=True,
+                description="episode_id is unique among accepted episodes.")
+def episodes_key_unique(episodes: pl.DataFrame) -> dg.AssetCheckResult:
+    dupes = episodes.filter(pl.col("episode_id").is_duplicated()).height
+    return dg.AssetCheckResult(passed=dupes == 0, metadata={"duplicate_keys": dupes})
+
+
+@dg.asset_check(asset="sessions", name="sessions_key_unique", blocking=True,
+                description="session_id is unique among accepted sessions.")
+def sessions_key_unique(sessions: pl.DataFrame) -> dg.AssetCheckResult:
+    dupes = sessions.filter(pl.col("session_id").is_duplicated()).height
+    return dg.AssetCheckResult(passed=dupes == 0, metadata={"duplicate_keys": dupes})
+
+
+@dg.asset_check(asset="pain_scores", name="pain_scores_key_unique", blocking=True,
+                description="(session_id, timepoint) unique for pre/post; (episode_id, recorded_on) for follow-ups.")
+def pain_scores_key_unique(pain_scores: pl.DataFrame) -> dg.AssetCheckResult:
+    followup = pl.col("timepoint") == "followup"
+    prepost = pain_scores.filter(~followup).select("session_id", "timepoint").is_duplicated().sum()
+    follow = pain_scores.filter(followup).select("episode_id", "recorded_on").is_duplicated().sum()
+    return dg.AssetCheckResult(passed=prepost + follow == 0,
+                               metadata={"duplicate_prepost_keys": int(prepost), "duplicate_followup_keys": int(follow)})
+
+
+@dg.asset_check(asset="sessions", name="sessions_reference_episodes", blocking=True,
+                additional_ins={"episodes": dg.AssetIn("episodes")},
+                description="Every accepted session names an accepted episode and is not before its referral.")
+def sessions_reference_episodes(sessions: pl.DataFrame, episodes: pl.DataFrame) -> dg.AssetCheckResult:
+    joined = sessions.join(episodes.select("episode_id", "referral_date"), on="episode_id", how="left")
+    orphans = joined.filter(pl.col("referral_date").is_null()).height
+    early = joined.filter(pl.col("session_date") < pl.col("referral_date")).height
+    return dg.AssetCheckResult(passed=orphans == 0 and early == 0,
+                               metadata={"orphan_sessions": orphans, "sessions_before_referral": early})
+
+
+@dg.asset_check(asset="pain_scores", name="pain_scores_reference_sessions", blocking=True,
+                additional_ins={"sessions": dg.AssetIn("sessions"), "episodes": dg.AssetIn("episodes")},
+                description="Every accepted score names an accepted episode; pre/post an accepted session of it.")
+def pain_scores_reference_sessions(pain_scores: pl.DataFrame, sessions: pl.DataFrame,
+                                   episodes: pl.DataFrame) -> dg.AssetCheckResult:
+    orphans = pain_scores.join(episodes, on="episode_id", how="anti").height
+    prepost = pain_scores.filter(pl.col("timepoint") != "followup")
+    joined = prepost.join(sessions.select("session_id", pl.col("episode_id").alias("_ep")), on="session_id", how="left")
+    wrong = joined.filter(pl.col("_ep").is_null() | (pl.col("_ep") != pl.col("episode_id"))).height
+    return dg.AssetCheckResult(passed=orphans == 0 and wrong == 0,
+                               metadata={"scores_without_episode": orphans, "prepost_without_own_session": wrong})

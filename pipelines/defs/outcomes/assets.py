@@ -1,0 +1,79 @@
+"""Outcome metrics as assets (METRICS.md), computed as of the run's as-of date."""
+
+import dagster as dg
+import polars as pl
+
+from pipelines.defs.resources import AnalysisSettings, PipelineConfig
+from pipelines.outcomes.metrics import (episode_outcomes as compute_episode_outcomes, episodes_as_of,
+                                        numbered_sessions, session_relief, session_scores)
+from pipelines.outcomes.summary import clinic_condition_summary as compute_clinic_summary
+from pipelines.outcomes.summary import condition_summary_from
+from pipelines.outcomes.tables import km_curves as compute_km_curves
+from pipelines.outcomes.tables import pain_trajectories as compute_trajectories
+
+GROUP = "outcomes"
+IO = "processed_io_manager"
+
+
+def _md(frame: pl.DataFrame, rows: int = 20) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.head(rows).to_pandas().to_markdown(index=False, floatfmt=".3g"))
+
+
+@dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "episode_outcomes.parquet"},
+          description="One row per accepted episode referred on or before the as-of date: baseline, "
+                      "final, change, responders, sessions to response, exclusion reason (METRICS.md).")
+def episode_outcomes(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings,
+                     episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame) -> pl.DataFrame:
+    settings = analysis_settings.to_settings()
+    as_of = paths.resolve_as_of(sessions, pain_scores, settings.timezone)
+    outcomes = compute_episode_outcomes(episodes, sessions, pain_scores, as_of, settings)
+    reasons = outcomes.group_by("exclusion_reason").len().sort("exclusion_reason")
+    context.add_output_metadata({
+        "as_of": as_of.isoformat(),
+        "episodes": outcomes.height,
+        "analysed": int(outcomes["analysed"].sum()),
+        "exclusions": _md(reasons),
+    })
+    return outcomes
+
+
+@dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "session_relief.parquet"},
+          description="Within-session relief (pre - post) of every session with both scores, as of the as-of date.")
+def session_relief_table(paths: PipelineConfig, analysis_settings: AnalysisSettings, episodes: pl.DataFrame,
+                         sessions: pl.DataFrame, pain_scores: pl.DataFrame) -> pl.DataFrame:
+    as_of = paths.resolve_as_of(sessions, pain_scores, analysis_settings.timezone)
+    return session_relief(episodes, sessions, pain_scores, as_of)
+
+
+@dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "condition_summary.csv"},
+          description="Per-condition outcomes with the ALL row, every column of METRICS.md.")
+def condition_summary(context: dg.AssetExecutionContext, analysis_settings: AnalysisSettings,
+                      episode_outcomes: pl.DataFrame, session_relief_table: pl.DataFrame) -> pl.DataFrame:
+    summary = condition_summary_from(episode_outcomes, session_relief_table, analysis_settings.to_settings())
+    context.add_output_metadata({"conditions": summary.height - 1, "table": _md(summary.select(
+        "condition", "n_episodes", "n_analysed", "mean_change", "responder_30_rate",
+        "median_sessions_to_response", "suppressed"))})
+    return summary
+
+
+@dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "clinic_condition_summary.parquet"},
+          description="The condition summary per clinic and condition (with a per-clinic ALL), for funnel plots.")
+def clinic_condition_summary(analysis_settings: AnalysisSettings, episode_outcomes: pl.DataFrame,
+                             session_relief_table: pl.DataFrame) -> pl.DataFrame:
+    return compute_clinic_summary(episode_outcomes, session_relief_table, analysis_settings.to_settings())
+
+
+@dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "pain_trajectories.parquet"},
+          description="Mean pre-session pain by session number per condition (and ALL), with n and 95% t interval.")
+def pain_trajectories(paths: PipelineConfig, analysis_settings: AnalysisSettings, episodes: pl.DataFrame,
+                      sessions: pl.DataFrame, pain_scores: pl.DataFrame) -> pl.DataFrame:
+    as_of = paths.resolve_as_of(sessions, pain_scores, analysis_settings.timezone)
+    eps = episodes_as_of(episodes, as_of)
+    scored = session_scores(numbered_sessions(eps, sessions, as_of), pain_scores)
+    return compute_trajectories(scored, eps)
+
+
+@dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "km_curves.parquet"},
+          description="Kaplan-Meier curves of sessions to response per condition (and ALL): S(t), band, at risk.")
+def km_curves(episode_outcomes: pl.DataFrame) -> pl.DataFrame:
+    return compute_km_curves(episode_outcomes)

@@ -1,0 +1,95 @@
+"""Resources: where the folders are, which dates apply, and the analysis settings."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import polars as pl
+
+from pipelines.ingest.core import AUDIT_SCHEMA, REJECTED_SCHEMA
+from pipelines.io import read_table, write_table
+from pipelines.outcomes.summary import SUMMARY_SCHEMA
+from pipelines.outcomes.metrics import latest_record_date
+from pipelines.settings import Settings
+from pipelines.vocabulary import Vocabulary
+
+_DEFAULTS = Settings()
+
+#: CSV outputs are read back with their schema (CSV alone cannot say that an empty column is a number)
+CSV_SCHEMAS = {"condition_summary.csv": SUMMARY_SCHEMA, "rejected_rows.csv": REJECTED_SCHEMA,
+               "ingest_audit.csv": AUDIT_SCHEMA}
+
+
+class AnalysisSettings(dg.ConfigurableResource):
+    """METRICS.md settings; defaults are the published norms (see pipelines.settings)."""
+
+    responder_30_threshold: float = _DEFAULTS.responder_30_threshold
+    responder_50_threshold: float = _DEFAULTS.responder_50_threshold
+    response_threshold: float = _DEFAULTS.response_threshold
+    min_cell_size: int = _DEFAULTS.min_cell_size
+    timezone: str = _DEFAULTS.timezone
+
+    def to_settings(self) -> Settings:
+        return Settings(responder_30_threshold=self.responder_30_threshold,
+                        responder_50_threshold=self.responder_50_threshold,
+                        response_threshold=self.response_threshold,
+                        min_cell_size=self.min_cell_size, timezone=self.timezone)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "AnalysisSettings":
+        return cls(**settings.as_dict())
+
+
+class PipelineConfig(dg.ConfigurableResource):
+    """Folders and dates of a run (CONTRACT.md "Output")."""
+
+    raw_dir: str = "data/raw"
+    processed_dir: str = "data/processed"
+    reports_dir: str = "reports"
+    #: run date for the future-date rule (YYYY-MM-DD); empty: today in the clinic's time zone
+    today: str = ""
+    #: compute metrics as of this date (YYYY-MM-DD); empty: latest accepted session or follow-up
+    as_of: str = ""
+    #: condition vocabulary CSV; empty: the packaged reference file
+    vocabulary_file: str = ""
+
+    def run_date(self, timezone: str) -> date:
+        if self.today:
+            return date.fromisoformat(self.today)
+        return datetime.now(ZoneInfo(timezone)).date()
+
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary.load(self.vocabulary_file or None)
+
+    def resolve_as_of(self, sessions: pl.DataFrame, pain_scores: pl.DataFrame, timezone: str) -> date:
+        if self.as_of:
+            return date.fromisoformat(self.as_of)
+        latest = latest_record_date(sessions, pain_scores)
+        return latest or self.run_date(timezone)
+
+
+class ProcessedTableIOManager(dg.ConfigurableIOManager):
+    """Stores polars frames in the processed folder under the file name each asset declares
+    (metadata ``filename``; default ``<asset>.parquet``), written atomically."""
+
+    processed_dir: str = "data/processed"
+
+    def _path(self, context: dg.InputContext | dg.OutputContext) -> Path:
+        output_ctx = context if isinstance(context, dg.OutputContext) else context.upstream_output
+        metadata = (output_ctx.definition_metadata or {}) if output_ctx is not None else {}
+        filename = metadata.get("filename")
+        if hasattr(filename, "value"):
+            filename = filename.value
+        name = filename or f"{context.asset_key.path[-1]}.parquet"
+        return Path(self.processed_dir) / name
+
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
+        path = write_table(obj, self._path(context))
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": obj.height})
+
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+        path = self._path(context)
+        return read_table(path, CSV_SCHEMAS.get(path.name))
