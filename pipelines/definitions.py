@@ -6,6 +6,7 @@ from pipelines.defs.ingest import assets as ingest_assets
 from pipelines.defs.ingest import checks as ingest_checks
 from pipelines.defs.outcomes import assets as outcome_assets
 from pipelines.defs.outcomes import checks as outcome_checks
+from pipelines.defs.progress import progress_logger
 from pipelines.defs.resources import AnalysisSettings, PipelineConfig, ProcessedTableIOManager
 
 outcomes_job = dg.define_asset_job(
@@ -16,6 +17,7 @@ defs = dg.Definitions(
     assets=dg.load_assets_from_modules([ingest_assets, outcome_assets]),
     asset_checks=dg.load_asset_checks_from_modules([ingest_checks, outcome_checks]),
     jobs=[outcomes_job],
+    loggers={"console": dg.colored_console_logger, "progress": progress_logger},
     resources={
         "paths": PipelineConfig(),
         "analysis_settings": AnalysisSettings(),

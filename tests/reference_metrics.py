@@ -240,8 +240,8 @@ def reference_episode_outcomes(
 # ------------------------------------------------------------------- one condition
 
 
-def _immediate_relief(episode_ids: set[str], sessions: pd.DataFrame, scores: pd.DataFrame, as_of: date):
-    diffs = []
+def _relief_by_episode(sessions: pd.DataFrame, scores: pd.DataFrame, as_of: date) -> dict[str, list[float]]:
+    """pre - post of every session dated on or before D that has both scores, by episode."""
     pre: dict[str, float] = {}
     post: dict[str, float] = {}
     for r in _records(scores):
@@ -249,15 +249,18 @@ def _immediate_relief(episode_ids: set[str], sessions: pd.DataFrame, scores: pd.
             pre[r["session_id"]] = float(r["score"])
         elif r["timepoint"] == "post":
             post[r["session_id"]] = float(r["score"])
+    out: dict[str, list[float]] = {}
     for s in _records(sessions):
-        if s["episode_id"] not in episode_ids:
-            continue
         if to_date(s["session_date"]) > as_of:
             continue
         sid = s["session_id"]
         if sid in pre and sid in post:
-            diffs.append(pre[sid] - post[sid])
-    return diffs
+            out.setdefault(s["episode_id"], []).append(pre[sid] - post[sid])
+    return out
+
+
+def _immediate_relief(episode_ids, relief_by_episode: dict[str, list[float]]) -> list[float]:
+    return [x for eid in sorted(episode_ids) for x in relief_by_episode.get(eid, [])]
 
 
 def _group_row(name: str, outcomes: pd.DataFrame, relief: list[float], min_cell_size: int) -> dict:
@@ -344,10 +347,11 @@ def reference_condition_summary(
         responder_50_threshold=responder_50_threshold,
         response_threshold=response_threshold,
     )
+    relief_by_episode = _relief_by_episode(sessions, scores, as_of)
     rows = []
     for cond in sorted(set(outcomes["condition"])):
         part = outcomes[outcomes["condition"] == cond]
-        relief = _immediate_relief(set(part["episode_id"]), sessions, scores, as_of)
+        relief = _immediate_relief(set(part["episode_id"]), relief_by_episode)
         rows.append(_group_row(cond, part, relief, min_cell_size))
     # BH over condition rows that have a p (suppressed ones included; not ALL)
     with_p = [r for r in rows if r["p_value"] is not None]
@@ -355,7 +359,7 @@ def reference_condition_summary(
         q = st.false_discovery_control([r["p_value"] for r in with_p])
         for r, qv in zip(with_p, q):
             r["q_value"] = float(qv)
-    relief_all = _immediate_relief(set(outcomes["episode_id"]), sessions, scores, as_of)
+    relief_all = _immediate_relief(set(outcomes["episode_id"]), relief_by_episode)
     all_row = _group_row("ALL", outcomes, relief_all, min_cell_size)
     all_row["q_value"] = all_row["p_value"]
     rows.append(all_row)

@@ -53,7 +53,7 @@ def settle_keys(rows: pl.DataFrame, key: pl.Expr, key_label: pl.Expr, content_co
     )
     reason = pl.when(pl.col("_conflict")).then(pl.concat_list([
         pl.concat_str([key_label, pl.lit(": different versions of this key in the same file (lines "),
-                       pl.col("_lines"), pl.lit("); keep one version per export")])
+                       pl.col("_lines"), pl.lit("), keep one version per export")])
     ])).otherwise(pl.lit([], pl.List(pl.String)))
     return rows.with_columns(status.alias("status"), reason.alias("key_reasons")).drop(
         "_key", "_content", "_conflict", "_representative", "_lines", "_winner_file", "_winner_content")

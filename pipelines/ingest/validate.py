@@ -43,9 +43,9 @@ def _column_rules(column: Column, vocabulary: Vocabulary, today: date) -> tuple[
         typed = raw
         if name in ID_COLUMNS:
             reasons.append(_reason(looks_like_email(raw),
-                                   f"{name}: value looks like an e-mail address (masked); use a pseudonym"))
+                                   f"{name}: value looks like an e-mail address (masked), use a pseudonym"))
             reasons.append(_reason(looks_like_phone(raw),
-                                   f"{name}: value looks like a phone number (masked); use a pseudonym"))
+                                   f"{name}: value looks like a phone number (masked), use a pseudonym"))
     elif column.kind == "condition":
         typed = normalise_expr(raw).replace_strict(vocabulary.lookup, default=None, return_dtype=pl.String)
         reasons.append(_reason(present & typed.is_null(), f"{name}: ", _quoted(name),

@@ -16,9 +16,13 @@ from __future__ import annotations
 import math
 import warnings
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from lifelines import KaplanMeierFitter
 from scipy import stats
+
+if TYPE_CHECKING:  # lifelines takes seconds to import: load it when a curve is fitted
+    from lifelines import KaplanMeierFitter
 
 CONFIDENCE = 0.95
 IMPROVED_BY_SESSIONS = (3, 6, 10)
@@ -78,7 +82,10 @@ def wilson_interval(successes: int, n: int) -> tuple[float | None, float | None,
     return successes / n, float(ci.low), float(ci.high)
 
 
-def kaplan_meier(durations: np.ndarray, observed: np.ndarray) -> KaplanMeierFitter | None:
+def kaplan_meier(durations: np.ndarray, observed: np.ndarray) -> "KaplanMeierFitter | None":
+    """Kaplan-Meier fit of sessions to response; None for an empty group."""
+    from lifelines import KaplanMeierFitter
+
     if len(durations) == 0:
         return None
     kmf = KaplanMeierFitter(alpha=1 - CONFIDENCE)
@@ -86,7 +93,7 @@ def kaplan_meier(durations: np.ndarray, observed: np.ndarray) -> KaplanMeierFitt
     return kmf
 
 
-def km_median_sessions(kmf: KaplanMeierFitter | None) -> tuple[float | None, float | None, float | None]:
+def km_median_sessions(kmf: "KaplanMeierFitter | None") -> tuple[float | None, float | None, float | None]:
     """Median sessions to response with its 95% interval; None where lifelines says infinity."""
     if kmf is None:
         return None, None, None
@@ -97,7 +104,7 @@ def km_median_sessions(kmf: KaplanMeierFitter | None) -> tuple[float | None, flo
     return _finite(kmf.median_survival_time_), _finite(low), _finite(high)
 
 
-def km_improved_by(kmf: KaplanMeierFitter | None, sessions: tuple[int, ...] = IMPROVED_BY_SESSIONS) -> list[float | None]:
+def km_improved_by(kmf: "KaplanMeierFitter | None", sessions: tuple[int, ...] = IMPROVED_BY_SESSIONS) -> list[float | None]:
     """1 - S(t) at the given session counts."""
     if kmf is None:
         return [None] * len(sessions)

@@ -1,0 +1,146 @@
+"""The `outcomes` command: run the pipeline, or generate demo data.
+
+    outcomes run   [--raw-dir R] [--processed-dir P] [--reports-dir Q] [--as-of D] [--today D]
+    outcomes synth --episodes N --seed S --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+DEFAULT_SETTINGS_FILE = "outcomes.toml"
+
+
+def _iso_date(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat() if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) else _bad(text)
+    except ValueError:
+        return _bad(text)
+
+
+def _bad(text: str) -> str:
+    raise argparse.ArgumentTypeError(f"'{text}' is not a date in the form YYYY-MM-DD")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="outcomes",
+        description="Outcomes analysis for medical-massage clinics: validate exports, compute "
+                    "per-condition improvement, responder rates and sessions needed, publish reports.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="run the whole Dagster asset graph over a raw export folder",
+        description="Materialise the whole Dagster asset graph: ingest every export under the raw "
+                    "folder (CONTRACT.md), compute the outcome tables (METRICS.md) and publish the "
+                    "report. Rejected rows and refused files never stop the run; they are listed "
+                    "in rejected_rows.csv and ingest_audit.csv. The run is recorded in the Dagster "
+                    "instance under $DAGSTER_HOME when that is set.")
+    run.add_argument("--raw-dir", default="data/raw", type=Path,
+                     help="folder of export files, read-only to the pipeline (default: data/raw)")
+    run.add_argument("--processed-dir", default="data/processed", type=Path,
+                     help="where the processed tables go (default: data/processed)")
+    run.add_argument("--reports-dir", default="reports", type=Path,
+                     help="where weekly reports go (default: reports)")
+    run.add_argument("--as-of", type=_iso_date, default=None,
+                     help="compute metrics as of this date, YYYY-MM-DD (default: the latest accepted "
+                          "session or follow-up date)")
+    run.add_argument("--today", type=_iso_date, default=None,
+                     help="run date for the rule 'not after the run date', YYYY-MM-DD (default: today "
+                          "in the clinic's time zone); for tests and re-runs")
+    run.add_argument("--settings", type=Path, default=None,
+                     help=f"TOML file with an [analysis] table of settings (default: ./{DEFAULT_SETTINGS_FILE} "
+                          "if present, else the METRICS.md defaults)")
+    run.add_argument("--vocabulary", type=Path, default=None,
+                     help="condition vocabulary CSV (code,alias,label); default: the packaged reference "
+                          "file pipelines/reference/conditions.csv")
+    run.add_argument("--quiet", action="store_true", help="print only the final summary")
+
+    synth = sub.add_parser(
+        "synth", help="write realistic synthetic exports (demo and benchmark data)",
+        description="Write deterministic synthetic clinic exports in the contract's form: all 14 "
+                    "conditions, dropout, missing scores, follow-ups, weekly export files with "
+                    "overlapping and corrected rows, and a few bad rows. Parameters and their "
+                    "sources: pipelines/synth/params.py.")
+    synth.add_argument("--episodes", type=int, required=True, help="number of episodes of care to generate")
+    synth.add_argument("--seed", type=int, default=1, help="random seed; the same seed gives identical files (default 1)")
+    synth.add_argument("--out", type=Path, required=True, help="folder to write the export files into")
+    synth.add_argument("--today", type=_iso_date, default=None,
+                       help="last date of the generated data, YYYY-MM-DD (default: the generator's fixed date)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _synth(args)
+    except KeyboardInterrupt:
+        print("outcomes: interrupted", file=sys.stderr)
+        return 130
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from pipelines.synth import generate
+
+    if args.episodes < 1:
+        print("outcomes synth: --episodes must be at least 1", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    kwargs = {"today": date.fromisoformat(args.today)} if args.today else {}
+    summary = generate(args.episodes, args.seed, args.out, **kwargs)
+    print(f"wrote synthetic exports to {args.out} in {time.monotonic() - started:.1f}s: {summary}")
+    return 0
+
+
+def _load_settings(path: Path | None):
+    from pipelines.settings import Settings
+
+    if path is None:
+        default = Path(DEFAULT_SETTINGS_FILE)
+        return Settings.from_toml(default) if default.exists() else Settings()
+    return Settings.from_toml(path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not args.raw_dir.is_dir():
+        print(f"outcomes: raw folder {args.raw_dir} does not exist; create it and put export files in it",
+              file=sys.stderr)
+        return 2
+    try:
+        settings = _load_settings(args.settings)
+    except (OSError, ValueError) as exc:
+        print(f"outcomes: settings: {exc}", file=sys.stderr)
+        return 2
+    if args.vocabulary is not None:
+        from pipelines.vocabulary import Vocabulary
+        try:
+            Vocabulary.load(args.vocabulary)
+        except (OSError, ValueError) as exc:
+            print(f"outcomes: vocabulary: {exc}", file=sys.stderr)
+            return 2
+
+    from pipelines.pipeline import run_pipeline
+
+    if not args.quiet:
+        print(f"outcomes run: {args.raw_dir} -> {args.processed_dir}, {args.reports_dir}", file=sys.stderr)
+    started = time.monotonic()
+    outcome = run_pipeline(raw_dir=args.raw_dir, processed_dir=args.processed_dir, reports_dir=args.reports_dir,
+                           as_of=args.as_of or "", today=args.today or "", settings=settings,
+                           vocabulary_file=args.vocabulary, progress=not args.quiet)
+    print(outcome.summary_text(time.monotonic() - started))
+    if not outcome.success:
+        print(f"outcomes: run failed: {outcome.failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
