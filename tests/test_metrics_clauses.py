@@ -490,6 +490,20 @@ def test_mean_ci_empty_below_two_and_equal_to_mean_when_sd_zero(impl):
     assert r["parkinsons"]["p_value"] is not None
 
 
+def test_sd_zero_with_decimal_changes(impl):
+    """Seven identical changes 8.1 - 5.0 = 3.0999999999999996: the sd is 0 (every change is
+    the same number), so dz is empty and the CI is the mean. A floating-point sample sd
+    of these seven doubles comes out as ~4.8e-16, not 0, and dividing by it would report
+    dz ~ 6.5e15, which is not a real effect size."""
+    data = Data()
+    for i in range(7):
+        data.simple(f"S{i}", "upper_back_tension", [8.1, 5.0])
+    r = summary(impl, data)
+    for row in (r["upper_back_tension"], r["ALL"]):
+        check(row, n_analysed=7, mean_change=3.1, median_change=3.1, mean_change_ci_low=3.1,
+              mean_change_ci_high=3.1, effect_size_dz=None)
+
+
 def test_p_value_empty_when_every_change_zero(impl):
     data = Data()
     for i in range(3):

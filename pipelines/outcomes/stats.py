@@ -33,6 +33,10 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _all_equal(values: np.ndarray) -> bool:
+    return bool(np.all(values == values[0]))
+
+
 def mean_with_t_interval(values: np.ndarray) -> tuple[float | None, float | None, float | None]:
     """Mean and its two-sided 95% Student-t interval; no interval below n = 2; (m, m) when sd = 0."""
     n = len(values)
@@ -41,19 +45,18 @@ def mean_with_t_interval(values: np.ndarray) -> tuple[float | None, float | None
     mean = float(np.mean(values))
     if n < 2:
         return mean, None, None
-    sd = float(np.std(values, ddof=1))
-    if sd == 0:
+    if _all_equal(values):  # sd is 0 (tested exactly: float sd of equal decimals is ~1e-16)
         return mean, mean, mean
+    sd = float(np.std(values, ddof=1))
     low, high = stats.t.interval(CONFIDENCE, df=n - 1, loc=mean, scale=sd / math.sqrt(n))
     return mean, float(low), float(high)
 
 
 def standardised_response_mean(change: np.ndarray) -> float | None:
     """Mean change / sample sd of change (dz); empty when n < 2 or sd = 0."""
-    if len(change) < 2:
+    if len(change) < 2 or _all_equal(change):
         return None
-    sd = float(np.std(change, ddof=1))
-    return None if sd == 0 else float(np.mean(change)) / sd
+    return float(np.mean(change)) / float(np.std(change, ddof=1))
 
 
 def wilcoxon_p(change: np.ndarray) -> float | None:
