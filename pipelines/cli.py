@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--episodes", type=int, required=True, help="number of episodes of care to generate")
     synth.add_argument("--seed", type=int, default=1, help="random seed; the same seed gives identical files (default 1)")
     synth.add_argument("--out", type=Path, required=True, help="folder to write the export files into")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="replace synthetic exports already in --out (otherwise refuse to mix data sets)")
     synth.add_argument("--today", type=_iso_date, default=None,
                        help="last date of the generated data, YYYY-MM-DD (default: the generator's fixed date)")
     return parser
@@ -95,8 +97,15 @@ def _synth(args: argparse.Namespace) -> int:
         return 2
     started = time.monotonic()
     kwargs = {"today": date.fromisoformat(args.today)} if args.today else {}
-    summary = generate(args.episodes, args.seed, args.out, **kwargs)
-    print(f"wrote synthetic exports to {args.out} in {time.monotonic() - started:.1f}s: {summary}")
+    try:
+        summary = generate(args.episodes, args.seed, args.out, overwrite=args.overwrite, **kwargs)
+    except FileExistsError as exc:
+        print(f"outcomes synth: {exc}; use --overwrite or another --out", file=sys.stderr)
+        return 2
+    files = sum(len(v) for v in summary["files"].values())
+    rows = ", ".join(f"{n:,} {t}" for t, n in summary["rows"].items())
+    print(f"Wrote {files} export files to {args.out} in {time.monotonic() - started:.1f}s "
+          f"({summary['n_episodes']:,} episodes up to {summary['today']}; rows: {rows})")
     return 0
 
 

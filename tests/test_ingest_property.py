@@ -38,10 +38,11 @@ REQUIRED = {
     "pain_scores": ["episode_id", "timepoint", "score"],
 }
 
+REFERRAL_DATES = ["2026-01-05", " 2026-01-02 ", "2025-12-20"]
 GOOD_DATES = ["2026-01-05", "2026-01-10", "2026-02-01", "2026-02-28", "2026-03-01", " 2026-01-20 "]
-BAD_DATES = ["2026-03-02", "2025-12-31", "2026-02-30", "26-01-01", "2026/01/05", ""]
+BAD_DATES = ["2026-03-02", "2025-12-01", "2026-02-30", "26-01-01", "2026/01/05", ""]
 #: column -> (values that pass the row step, values that do not); a cell is drawn from the
-#: second list one time in eight, so that valid-looking rows often reach references and keys.
+#: second list one time in twenty, so that valid-looking rows often reach references and keys.
 POOLS = {
     "episode_id": (["E1", "E2", "E3", " E2 "], ["e1", "", "x@y.org", "020 7946 0958"]),
     "session_id": (["S1", "S2", "S3", " S1"], ["", "s2", "+44 (20) 7946-0958"]),
@@ -50,7 +51,7 @@ POOLS = {
     "therapist_id": (["T1", "T2"], ["", "t@x"]),
     "condition": (["low_back_pain", "LBP", " Low-Back pain ", "neck_pain", "Neck", "migraine", "OA",
                    "low_back__pain"], ["frozen shoulder", ""]),
-    "referral_date": (GOOD_DATES, BAD_DATES),
+    "referral_date": (REFERRAL_DATES, BAD_DATES),
     "session_date": (GOOD_DATES, BAD_DATES),
     "recorded_on": (GOOD_DATES + [""], BAD_DATES[:-1]),
     "prescribed_sessions": (["6", "6.0", "1", "100", "", " 12 "], ["6.5", "0", "101", "x"]),
@@ -65,10 +66,16 @@ POOLS = {
 PAIN_SESSION_IDS = (["S1", "S2", "S3", "", ""], ["s2", "+44 (20) 7946-0958"])
 
 
+def rarely(n: int):
+    """True about once in ``n`` draws (st.integers(...) == 0 would favour 0 heavily)."""
+    return st.sampled_from([False] * (n - 1) + [True])
+
+
 @st.composite
 def cell(draw, table, column):
+    """One cell of a valid-looking row; ``rarely`` keeps Hypothesis from favouring the bad list."""
     good, bad = PAIN_SESSION_IDS if (table, column) == ("pain_scores", "session_id") else POOLS[column]
-    return draw(st.sampled_from(bad if draw(st.integers(0, 7)) == 0 else good))
+    return draw(st.sampled_from(bad if draw(rarely(20)) else good))
 
 
 junk_cell = st.one_of(
@@ -80,11 +87,11 @@ junk_cell = st.one_of(
 @st.composite
 def header_for(draw, table):
     cols = [c for c in COLUMNS[table] if c in REQUIRED[table] or draw(st.booleans())]
-    if draw(st.integers(0, 14)) == 0 and cols:          # sometimes lose a required column
+    if draw(rarely(15)) and cols:                       # sometimes lose a required column
         cols.remove(draw(st.sampled_from(cols)))
     if draw(st.booleans()):
         cols.append("notes")
-    if draw(st.integers(0, 14)) == 0:                   # sometimes a direct identifier
+    if draw(rarely(15)):                                # sometimes a direct identifier
         cols.append(draw(st.sampled_from(["E-mail", "Patient Name", "DOB", "phone"])))
     cols = draw(st.permutations(cols))
     styled = [draw(st.sampled_from([c, c.upper(), f" {c} ", c.title()])) if c in COLUMNS[table] else c
@@ -99,8 +106,15 @@ def csv_file(draw, table):
     rows: list = []
     for kind in kinds:
         if kind == "valid":
-            rows.append([draw(cell(table, c)) if c in POOLS else draw(junk_cell) for c in cols])
-            if draw(st.integers(0, 4)) == 0 and rows[-1]:   # a wrong field count
+            values = {c: draw(cell(table, c)) if c in POOLS else draw(junk_cell) for c in cols}
+            if table == "pain_scores" and not draw(rarely(4)):   # mostly a coherent timepoint
+                followup = values.get("timepoint", "").strip().lower() == "followup"
+                if "session_id" in values:
+                    values["session_id"] = "" if followup else draw(st.sampled_from(["S1", "S2", "S3"]))
+                if "recorded_on" in values and followup:
+                    values["recorded_on"] = draw(st.sampled_from(GOOD_DATES))
+            rows.append([values[c] for c in cols])
+            if draw(rarely(5)) and rows[-1]:                # a wrong field count
                 rows[-1] = rows[-1][:-1] if draw(st.booleans()) else rows[-1] + ["surplus"]
         elif kind == "fields":
             rows.append(draw(st.lists(junk_cell, max_size=12)))

@@ -119,9 +119,9 @@ def _empty_checked(spec: TableSpec) -> pl.DataFrame:
     from pipelines.ingest.validate import check_rows as _check
     from pipelines.vocabulary import Vocabulary as _V
     frame = pl.DataFrame(schema={"line": pl.Int64, **{c: pl.String for c in spec.names}})
-    checked = _check(frame, spec, _V(lookup={}, labels={}, source=""), date(2000, 1, 1))
-    return checked.with_columns(pl.lit(None, pl.String).alias("source_file"),
-                                pl.lit(None, pl.Int64).alias("file_idx"))
+    frame = frame.with_columns(pl.lit(None, pl.String).alias("source_file"),
+                               pl.lit(None, pl.Int64).alias("file_idx"))
+    return _check(frame, spec, _V(lookup={}, labels={}, source=""), date(2000, 1, 1))
 
 
 def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | None = None) -> IngestResult:
@@ -153,9 +153,8 @@ def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | Non
         if read.blank_lines:
             notes.append(f"{read.blank_lines} blank line(s) skipped")
         entry["reason"] = "; ".join(notes) or None
-        rows = check_rows(read.frame, spec, vocabulary, today).with_columns(
-            pl.lit(raw.relpath).alias("source_file"), pl.lit(file_idx, pl.Int64).alias("file_idx"))
-        checked[raw.table].append(rows)
+        checked[raw.table].append(read.frame.with_columns(
+            pl.lit(raw.relpath).alias("source_file"), pl.lit(file_idx, pl.Int64).alias("file_idx")))
         if read.ragged.height:
             ragged.append(read.ragged.with_columns(pl.lit(raw.relpath).alias("source_file"),
                                                    pl.lit(raw.table).alias("table")))
@@ -165,7 +164,12 @@ def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | Non
     rejected: list[pl.DataFrame] = [r.select(list(REJECTED_SCHEMA)) for r in ragged]
     for table in TABLE_ORDER:
         spec = TABLES[table]
-        rows = pl.concat(checked[table], how="vertical") if checked[table] else _empty_checked(spec)
+        if checked[table]:
+            # one vectorised pass over every file of the table (columns a file lacks are null)
+            frames = pl.concat(checked[table], how="diagonal_relaxed")
+            rows = check_rows(frames, spec, vocabulary, today)
+        else:
+            rows = _empty_checked(spec)
         settled = _settle_table(spec, rows, accepted)
         accepted[table] = (settled.filter(pl.col("status") == "accepted")
                            .sort("file_idx", "line").select(*spec.names, "source_file", "line"))

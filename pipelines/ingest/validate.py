@@ -11,7 +11,7 @@ from datetime import date
 
 import polars as pl
 
-from pipelines.ingest.privacy import looks_like_email, looks_like_phone
+from pipelines.ingest.privacy import looks_like_email, looks_like_phone, mask_expr
 from pipelines.ingest.spec import ID_COLUMNS, Column, TableSpec
 from pipelines.vocabulary import Vocabulary, normalise_expr
 
@@ -19,11 +19,14 @@ _ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"
 _INTEGER = r"^[+-]?\d+(\.0*)?$"
 
 
+def _shown(col: str) -> pl.Expr:
+    """The raw value for a reason text: identifier-looking values masked, long ones shortened."""
+    value = mask_expr(pl.col(col))
+    return pl.when(value.str.len_chars() > 40).then(value.str.slice(0, 37) + "...").otherwise(value)
+
+
 def _quoted(col: str) -> pl.Expr:
-    """The raw value for a reason text, shortened so a reason stays readable."""
-    value = pl.col(col)
-    short = pl.when(value.str.len_chars() > 40).then(value.str.slice(0, 37) + "...").otherwise(value)
-    return pl.lit("'") + short + pl.lit("'")
+    return pl.lit("'") + _shown(col) + pl.lit("'")
 
 
 def _reason(condition: pl.Expr, *parts: pl.Expr | str) -> pl.Expr:
@@ -60,20 +63,20 @@ def _column_rules(column: Column, vocabulary: Vocabulary, today: date) -> tuple[
         typed = pl.when(raw.str.contains(_ISO_DATE)).then(parsed).otherwise(None)
         reasons.append(_reason(present & typed.is_null(), f"{name}: ", _quoted(name),
                                " is not a real date in the form YYYY-MM-DD"))
-        reasons.append(_reason(typed > pl.lit(today), f"{name}: ", raw,
+        reasons.append(_reason(typed > pl.lit(today), f"{name}: ", _shown(name),
                                f" is after the run date {today.isoformat()}"))
     elif column.kind == "int":
         as_float = raw.cast(pl.Float64, strict=False)
         is_int = raw.str.contains(_INTEGER)
         typed = pl.when(is_int).then(as_float).otherwise(None).cast(pl.Int64, strict=False)
         reasons.append(_reason(present & typed.is_null(), f"{name}: ", _quoted(name), " is not a whole number"))
-        reasons.append(_reason((typed < column.low) | (typed > column.high), f"{name}: ", raw,
+        reasons.append(_reason((typed < column.low) | (typed > column.high), f"{name}: ", _shown(name),
                                f" is outside {column.low:g}..{column.high:g}"))
     elif column.kind == "number":
         as_float = raw.cast(pl.Float64, strict=False)
         typed = pl.when(as_float.is_finite()).then(as_float).otherwise(None)
         reasons.append(_reason(present & typed.is_null(), f"{name}: ", _quoted(name), " is not a number"))
-        reasons.append(_reason((typed < column.low) | (typed > column.high), f"{name}: ", raw,
+        reasons.append(_reason((typed < column.low) | (typed > column.high), f"{name}: ", _shown(name),
                                f" is outside {column.low:g}..{column.high:g}"))
     else:  # pragma: no cover - spec is static
         raise ValueError(column.kind)
@@ -109,4 +112,5 @@ def check_rows(frame: pl.DataFrame, spec: TableSpec, vocabulary: Vocabulary, tod
     reasons.extend(_table_rules(spec))
     reason_list = pl.concat_list(reasons).list.drop_nulls() if reasons else pl.lit([], dtype=pl.List(pl.String))
     raw_cols = [pl.col(c).alias(f"raw_{c}") for c in spec.names]
-    return frame.select(pl.col("line"), *raw_cols, *typed, reason_list.alias("reasons"))
+    carried = [c for c in ("source_file", "file_idx") if c in frame.columns]
+    return frame.select(pl.col("line"), *carried, *raw_cols, *typed, reason_list.alias("reasons"))

@@ -31,7 +31,8 @@ def _mean(values: np.ndarray) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
-def group_statistics(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings) -> dict:
+def group_statistics(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings,
+                     with_p_value: bool = True) -> dict:
     """Every METRICS.md statistic for one group of episodes (all of them, analysed or not)."""
     analysed = outcomes.filter(pl.col("analysed"))
     change = analysed["change"].to_numpy().astype(np.float64)
@@ -55,7 +56,7 @@ def group_statistics(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Set
         "mean_change_ci_high": ci_high,
         "median_change": float(np.median(change)) if n else None,
         "effect_size_dz": stats.standardised_response_mean(change),
-        "p_value": stats.wilcoxon_p(change),
+        "p_value": stats.wilcoxon_p(change) if with_p_value else None,
         "responder_30_rate": r30[0], "responder_30_ci_low": r30[1], "responder_30_ci_high": r30[2],
         "responder_50_rate": r50[0], "responder_50_ci_low": r50[1], "responder_50_ci_high": r50[2],
         "median_sessions_to_response": median,
@@ -72,22 +73,24 @@ def group_statistics(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Set
 
 
 def summarise(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings,
-              by: list[str], pooled_label: str | None = ALL) -> pl.DataFrame:
+              by: list[str], pooled_label: str | None = ALL, with_p_values: bool = True) -> pl.DataFrame:
     """One row per group of ``by`` (sorted), plus a pooled row labelled ``pooled_label``.
 
     The pooled row pools every episode; q_value is Benjamini-Hochberg over the group rows
     with a p (suppressed ones included) and the pooled row keeps its p as its q.
     """
     rows: list[dict] = []
-    groups = outcomes.select(by).unique().sort(by).iter_rows(named=True)
-    for keys in groups:
-        match_o = pl.all_horizontal([pl.col(c) == v for c, v in keys.items()])
-        rows.append({**keys, **group_statistics(outcomes.filter(match_o), relief.filter(match_o), settings)})
+    empty_relief = relief.clear()
+    relief_groups = relief.partition_by(by, as_dict=True) if relief.height else {}
+    for keys, group in sorted(outcomes.partition_by(by, as_dict=True).items()):
+        group_relief = relief_groups.get(keys, empty_relief)
+        stats_row = group_statistics(group, group_relief, settings, with_p_values)
+        rows.append({**dict(zip(by, keys)), **stats_row})
     with_p = [r for r in rows if r["p_value"] is not None]
     for row, q in zip(with_p, stats.benjamini_hochberg([r["p_value"] for r in with_p])):
         row["q_value"] = q
     if pooled_label is not None:
-        pooled = group_statistics(outcomes, relief, settings)
+        pooled = group_statistics(outcomes, relief, settings, with_p_values)
         pooled["q_value"] = pooled["p_value"]
         rows.append({**{c: pooled_label for c in by}, **pooled})
     schema = {**{c: pl.String for c in by}, "n_episodes": pl.Int64, "n_analysed": pl.Int64,
@@ -112,10 +115,13 @@ def condition_summary(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_score
 def clinic_condition_summary(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings | None = None) -> pl.DataFrame:
     """The same statistics per clinic and condition (for funnel plots), with a per-clinic ALL.
 
-    q_value here adjusts across every clinic-condition cell with a p.
+    p_value and q_value are left empty here: clinics are compared with funnel plots
+    (METRICS.md "Publishing"), not with a test per clinic cell, and scipy's exact
+    Wilcoxon for small tied samples costs ~0.5 s a cell.
     """
     settings = settings or Settings()
-    cells = summarise(outcomes, relief, settings, by=["clinic_id", "condition"], pooled_label=None)
-    clinic_all = summarise(outcomes, relief, settings, by=["clinic_id"], pooled_label=None).with_columns(
-        pl.lit(ALL).alias("condition"), pl.col("p_value").alias("q_value"))
+    cells = summarise(outcomes, relief, settings, by=["clinic_id", "condition"], pooled_label=None,
+                      with_p_values=False)
+    clinic_all = summarise(outcomes, relief, settings, by=["clinic_id"], pooled_label=None,
+                           with_p_values=False).with_columns(pl.lit(ALL).alias("condition"))
     return pl.concat([cells, clinic_all.select(cells.columns)], how="vertical").sort("clinic_id", "condition")

@@ -1,0 +1,1 @@
+"""Weekly report: publishing rules, charts and captions."""
