@@ -1,4 +1,12 @@
-"""The one entry point: every asset, check, job, schedule, sensor and resource."""
+"""The one entry point: every asset, check, job, schedule, sensor and resource.
+
+``make_definitions`` builds them for a time zone and a first week; the module-level
+``defs`` (what `dagster dev` / `dg` load) takes the time zone from ./outcomes.toml and the
+first week from the processed data (see pipelines.defs.reports.partitions).
+"""
+
+from datetime import date
+from pathlib import Path
 
 import dagster as dg
 
@@ -7,20 +15,38 @@ from pipelines.defs.ingest import checks as ingest_checks
 from pipelines.defs.outcomes import assets as outcome_assets
 from pipelines.defs.outcomes import checks as outcome_checks
 from pipelines.defs.progress import progress_logger
+from pipelines.defs.reports.assets import build_report_checks, build_weekly_report_asset
+from pipelines.defs.reports.automation import build_new_exports_sensor, build_weekly_schedule
+from pipelines.defs.reports.partitions import first_week, weekly_partitions
 from pipelines.defs.resources import AnalysisSettings, PipelineConfig, ProcessedTableIOManager
+from pipelines.settings import Settings
 
-outcomes_job = dg.define_asset_job(
-    "outcomes_job", selection=dg.AssetSelection.groups("ingest", "outcomes"),
-    description="Ingest every export under the raw folder and compute the outcome tables.")
+SETTINGS_FILE = Path("outcomes.toml")
 
-defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingest_assets, outcome_assets]),
-    asset_checks=dg.load_asset_checks_from_modules([ingest_checks, outcome_checks]),
-    jobs=[outcomes_job],
-    loggers={"console": dg.colored_console_logger, "progress": progress_logger},
-    resources={
-        "paths": PipelineConfig(),
-        "analysis_settings": AnalysisSettings(),
-        "processed_io_manager": ProcessedTableIOManager(),
-    },
-)
+
+def make_definitions(settings: Settings | None = None, start: date | None = None) -> dg.Definitions:
+    settings = settings or (Settings.from_toml(SETTINGS_FILE) if SETTINGS_FILE.exists() else Settings())
+    partitions = weekly_partitions(start or first_week(), settings.timezone)
+    outcomes_job = dg.define_asset_job(
+        "outcomes_job", selection=dg.AssetSelection.groups("ingest", "outcomes"),
+        description="Ingest every export under the raw folder and compute the outcome tables.")
+    weekly_report_job = dg.define_asset_job(
+        "weekly_report_job", selection=dg.AssetSelection.all(), partitions_def=partitions,
+        description="Ingest, outcomes, and the directors' report for one ISO week (as of its Sunday).")
+    return dg.Definitions(
+        assets=[*dg.load_assets_from_modules([ingest_assets, outcome_assets]), build_weekly_report_asset(partitions)],
+        asset_checks=[*dg.load_asset_checks_from_modules([ingest_checks, outcome_checks]),
+                      *build_report_checks(partitions)],
+        jobs=[outcomes_job, weekly_report_job],
+        schedules=[build_weekly_schedule(weekly_report_job, settings.timezone)],
+        sensors=[build_new_exports_sensor(outcomes_job)],
+        loggers={"console": dg.colored_console_logger, "progress": progress_logger},
+        resources={
+            "paths": PipelineConfig(),
+            "analysis_settings": AnalysisSettings.from_settings(settings),
+            "processed_io_manager": ProcessedTableIOManager(),
+        },
+    )
+
+
+defs = make_definitions()

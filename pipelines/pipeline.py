@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from pipelines.ingest.core import AUDIT_SCHEMA, REJECTED_SCHEMA
+from pipelines.ingest.reasons import rejection_reasons
+from pipelines.defs.reports.partitions import first_week, monday_of
+from pipelines.reports.weekly import week_label
 from pipelines.settings import Settings
 
 
@@ -23,6 +26,7 @@ class RunOutcome:
     failure: str = ""
     as_of: str = ""
     report_paths: list[Path] = field(default_factory=list)
+    report_run_id: str = ""
 
     def audit(self) -> pl.DataFrame:
         return pl.read_csv(self.processed_dir / "ingest_audit.csv", schema=AUDIT_SCHEMA)
@@ -55,20 +59,8 @@ class RunOutcome:
         lines.append(f"Processed tables: {self.processed_dir}/ (episode_outcomes.parquet, condition_summary.csv, "
                      "rejected_rows.csv, ingest_audit.csv, ...)")
         for path in self.report_paths:
-            lines.append(f"Report: {path}")
+            lines.append(f"Report: {path} (and report.pdf, summary.csv, figures/ beside it)")
         return "\n".join(lines)
-
-
-def rejection_reasons(rejected: pl.DataFrame) -> pl.DataFrame:
-    """Rejected rows counted by rule: reason texts with their values blanked out."""
-    rule = (pl.col("reason")
-            .str.replace_all(r"'[^']*'", "'…'")
-            .str.replace_all(r"\d{4}-\d{2}-\d{2}", "<date>")
-            .str.replace_all(r"\(lines [0-9, ]+\)", "(lines …)")
-            .str.replace_all(r"^(\w+): -?\d+(\.\d+)? is outside", "$1: <value> is outside")
-            .str.replace_all(r"has \d+ fields, the header has \d+", "has the wrong number of fields"))
-    return (rejected.select(pl.col("reasons").str.split("; ").alias("reason")).explode("reason")
-            .select(rule).group_by("reason").len().sort(["len", "reason"], descending=[True, False]))
 
 
 def run_config(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: str, today: str,
@@ -91,7 +83,7 @@ def run_pipeline(raw_dir: str | Path = "data/raw", processed_dir: str | Path = "
                  settings: Settings | None = None, vocabulary_file: str | Path | None = None,
                  progress: bool = False, instance: dg.DagsterInstance | None = None) -> RunOutcome:
     """Execute the outcomes job in process; recorded in $DAGSTER_HOME's instance when set."""
-    from pipelines.definitions import defs
+    from pipelines.definitions import make_definitions
 
     raw_dir, processed_dir, reports_dir = Path(raw_dir), Path(processed_dir), Path(reports_dir)
     settings = settings or Settings()
@@ -99,22 +91,45 @@ def run_pipeline(raw_dir: str | Path = "data/raw", processed_dir: str | Path = "
                         Path(vocabulary_file) if vocabulary_file else None, progress)
     if instance is None:
         instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    job = defs.resolve_job_def("outcomes_job")
-    result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
-    failure = ""
-    if not result.success:
-        failures = [e for e in result.all_events if e.event_type_value in ("STEP_FAILURE", "RUN_FAILURE")]
-        for event in failures:
+    # 1. ingest and outcomes (unpartitioned), as of --as-of or the latest record
+    defs = make_definitions(settings)
+    result = defs.resolve_job_def("outcomes_job").execute_in_process(
+        run_config=config, instance=instance, raise_on_error=False)
+    outcome = RunOutcome(success=result.success, run_id=result.run_id, processed_dir=processed_dir,
+                         reports_dir=reports_dir, failure=_failure(result), as_of=_as_of(result))
+    if not result.success or not outcome.as_of:
+        return outcome
+    # 2. the report for the ISO week of the as-of date (a weekly partition), as of its Sunday
+    as_of_day = date.fromisoformat(outcome.as_of)
+    start = min(first_week(processed_dir), monday_of(as_of_day))
+    defs = make_definitions(settings, start=start)
+    report = defs.resolve_job_def("weekly_report_job").execute_in_process(
+        run_config=config, instance=instance, raise_on_error=False,
+        partition_key=monday_of(as_of_day).isoformat(), asset_selection=[dg.AssetKey("weekly_report")])
+    outcome.report_run_id = report.run_id
+    if report.success:
+        outcome.report_paths = [reports_dir / "weekly" / week_label(as_of_day) / "report.html"]
+    else:
+        outcome.success = False
+        outcome.failure = _failure(report)
+    return outcome
+
+
+def _failure(result) -> str:
+    if result.success:
+        return ""
+    for event in result.all_events:
+        if event.event_type_value in ("STEP_FAILURE", "RUN_FAILURE"):
             error = getattr(event.event_specific_data, "error", None)
             if error is not None:
-                failure = f"{event.step_key or 'run'}: {error.message.strip().splitlines()[-1]}"
-                break
-        failure = failure or "see the Dagster run log"
-    as_of_value = ""
+                return f"{event.step_key or 'run'}: {error.message.strip().splitlines()[-1]}"
+    return "see the Dagster run log"
+
+
+def _as_of(result) -> str:
     for event in result.all_events:
         if event.event_type_value == "ASSET_MATERIALIZATION" and event.asset_key == dg.AssetKey("episode_outcomes"):
             meta = event.event_specific_data.materialization.metadata
             if "as_of" in meta:
-                as_of_value = meta["as_of"].value
-    return RunOutcome(success=result.success, run_id=result.run_id, processed_dir=processed_dir,
-                      reports_dir=reports_dir, failure=failure, as_of=as_of_value)
+                return meta["as_of"].value
+    return ""

@@ -18,6 +18,7 @@ CHECKS = {
     ("pain_scores", "pain_scores_reference_sessions"),
     ("episode_outcomes", "episode_outcomes_consistent"),
     ("condition_summary", "condition_summary_invariants"),
+    ("weekly_report", "weekly_report_published_safely"),
 }
 
 
@@ -29,7 +30,7 @@ def test_asset_keys_are_pinned():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert keys >= ASSETS
-    assert {k for k in keys if k not in ASSETS} <= {"weekly_report"}
+    assert keys == ASSETS | {"weekly_report"}
 
 
 def test_asset_checks_are_pinned():
@@ -38,11 +39,11 @@ def test_asset_checks_are_pinned():
     assert CHECKS <= checks
 
 
-def test_ingest_checks_are_blocking():
+def test_ingest_and_outcome_checks_are_blocking():
     graph = defs.resolve_asset_graph()
     for key in graph.asset_check_keys:
-        spec = graph.get_check_spec(key)
-        assert spec.blocking, key
+        if (key.asset_key.to_user_string(), key.name) in CHECKS:
+            assert graph.get_check_spec(key).blocking, key
 
 
 def test_jobs_and_resources():
@@ -50,3 +51,8 @@ def test_jobs_and_resources():
     selected = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
     assert ASSETS <= selected
     assert {"paths", "analysis_settings", "processed_io_manager"} <= set(defs.resources)
+    report_job = defs.resolve_job_def("weekly_report_job")
+    assert "weekly_report" in {k.to_user_string() for k in report_job.asset_layer.selected_asset_keys}
+    assert report_job.partitions_def is not None
+    assert {s.name for s in defs.schedules} == {"weekly_report_schedule"}
+    assert {s.name for s in defs.sensors} == {"new_exports_sensor"}

@@ -28,7 +28,7 @@ REJECTED_SCHEMA = {"source_file": pl.String, "line": pl.Int64, "table": pl.Strin
                    "reasons": pl.String, "raw": pl.String}
 AUDIT_SCHEMA = {"source_file": pl.String, "table": pl.String, "status": pl.String, "reason": pl.String,
                 "rows_read": pl.Int64, "accepted": pl.Int64, "duplicate": pl.Int64,
-                "superseded": pl.Int64, "rejected": pl.Int64}
+                "superseded": pl.Int64, "rejected": pl.Int64, "sha256": pl.String}
 
 
 @dataclass
@@ -132,7 +132,8 @@ def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | Non
     checked: dict[str, list[pl.DataFrame]] = {t: [] for t in TABLE_ORDER}
     ragged: list[pl.DataFrame] = []
     for file_idx, raw in enumerate(discover(raw_dir)):
-        entry = {"source_file": raw.relpath, "table": raw.table, "status": "ignored", "reason": None}
+        entry = {"source_file": raw.relpath, "table": raw.table, "status": "ignored", "reason": None,
+                 "sha256": None}
         file_rows.append(entry)
         if raw.table is None:
             entry["reason"] = "name does not match episodes*, sessions* or pain_scores* (.csv or .parquet)"
@@ -147,6 +148,7 @@ def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | Non
             entry.update(status="refused", reason=f"cannot be opened: {exc.strerror or exc}")
             continue
         entry["status"] = "ingested"
+        entry["sha256"] = read.sha256
         notes = []
         if read.extra_columns:
             notes.append("extra columns ignored: " + ", ".join(read.extra_columns))
@@ -188,7 +190,8 @@ def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | Non
 
 
 def _audit(file_rows: list[dict], statuses: list[pl.DataFrame], rejected: pl.DataFrame) -> pl.DataFrame:
-    files = pl.DataFrame(file_rows, schema={k: AUDIT_SCHEMA[k] for k in ("source_file", "table", "status", "reason")})
+    files = pl.DataFrame(file_rows, schema={k: AUDIT_SCHEMA[k] for k in ("source_file", "table", "status", "reason",
+                                                                          "sha256")})
     status_rows = pl.concat(statuses, how="vertical").filter(pl.col("status") != "rejected")
     counts = (status_rows.group_by("source_file").agg(
         [(pl.col("status") == s).sum().cast(pl.Int64).alias(s) for s in STATUSES[:3]]))

@@ -9,6 +9,7 @@ String column per contract column present (cells trimmed, empty cells null) plus
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -46,6 +47,7 @@ class ReadFile:
     ragged: pl.DataFrame  # line, reasons, raw
     extra_columns: list[str] = field(default_factory=list)
     blank_lines: int = 0
+    sha256: str = ""  # of the file's bytes: the input fingerprint and the ingest cache key
 
 
 def discover(raw_dir: Path) -> list[RawFile]:
@@ -123,6 +125,7 @@ def _header(data: bytes) -> list[str]:
 
 def read_csv(path: Path, spec: TableSpec) -> ReadFile:
     data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     if data.startswith(BOM):
         data = data[len(BOM):]
     if not data.strip():
@@ -173,7 +176,7 @@ def read_csv(path: Path, spec: TableSpec) -> ReadFile:
     blank_lines = int(frame.select(blank.sum()).item()) if frame.height else 0
     frame = frame.filter(~blank)
     ragged = _ragged_rows(bad, spec.names, matched, ncols)
-    return ReadFile(frame=frame, ragged=ragged, extra_columns=extras, blank_lines=blank_lines)
+    return ReadFile(frame=frame, ragged=ragged, extra_columns=extras, blank_lines=blank_lines, sha256=digest)
 
 
 def _ragged_rows(bad: list[tuple[int, int, str]], names: list[str], matched: list[str],
@@ -197,8 +200,9 @@ def _ragged_rows(bad: list[tuple[int, int, str]], names: list[str], matched: lis
 
 
 def read_parquet(path: Path, spec: TableSpec) -> ReadFile:
+    data = path.read_bytes()
     try:
-        frame = pl.read_parquet(path)
+        frame = pl.read_parquet(io.BytesIO(data))
     except Exception as exc:  # noqa: BLE001 - any unreadable file is refused with its reason
         raise RefusedFile(f"cannot be read as Parquet: {exc}") from None
     raw_names = frame.columns
@@ -207,13 +211,10 @@ def read_parquet(path: Path, spec: TableSpec) -> ReadFile:
     frame = frame.select([pl.col(raw).cast(pl.String).alias(m) for raw, m in keep.items()])
     frame = frame.with_columns(pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias("line"))
     frame = _trim(frame, list(keep.values()))
-    contract_cols = list(keep.values())
-    blank = pl.all_horizontal(pl.col(c).is_null() for c in contract_cols)
-    blank_rows = int(frame.select(blank.sum()).item()) if frame.height else 0
-    # an all-empty Parquet row is still a row: it is rejected for its missing cells.
-    del blank_rows
+    # an all-empty Parquet row is still a row (unlike a blank CSV line): it is rejected
+    # for its missing cells.
     empty = pl.DataFrame(schema={"line": pl.Int64, "reasons": pl.String, "raw": pl.String})
-    return ReadFile(frame=frame, ragged=empty, extra_columns=extras)
+    return ReadFile(frame=frame, ragged=empty, extra_columns=extras, sha256=hashlib.sha256(data).hexdigest())
 
 
 def _trim(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:

@@ -92,7 +92,7 @@ def _find(summary: pl.DataFrame, labels: dict[str, str], code: str, k: int) -> P
 
 
 def _too_few(row: PublishedRow, what: str) -> str:
-    who = patients_phrase(row)
+    who = "patients" if row.code == ALL else patients_phrase(row)
     if row.n_text.startswith("<"):
         return f"Too few {who} to report {what} (fewer than {row.n_text[1:]} analysed)."
     if row.n_text == "0":
@@ -221,13 +221,13 @@ def responder_caption(summary: pl.DataFrame, labels: dict[str, str], *, min_cell
     return text + "."
 
 
-def funnel_caption(clinics: pl.DataFrame, pooled_rate: float) -> str:
+def funnel_caption(clinics: pl.DataFrame, pooled_rate: float, *, min_cell_size: int = MIN_CELL_SIZE) -> str:
     """How many clinics lie within the 95% and 99.8% limits around the pooled rate."""
     data = clinics.filter(pl.col("n_analysed").is_not_null() & pl.col("responder_30_rate").is_not_null()) \
         if clinics.height else clinics
     m = data.height
     if m == 0:
-        return f"No clinic had {MIN_CELL_SIZE} or more analysed patients, so clinics cannot be compared."
+        return f"No clinic had {min_cell_size} or more analysed patients, so clinics cannot be compared."
     if not _finite(pooled_rate):
         return "The pooled rate is not available, so clinics cannot be compared with it."
     pooled = fmt_pct(pooled_rate)
@@ -314,19 +314,17 @@ def trend_caption(trend: pl.DataFrame, *, min_cell_size: int = MIN_CELL_SIZE) ->
     sessions = count_clause("sessions", "sessions", "were delivered")
     episodes = count_clause("new_episodes", "new episodes of care", "started")
     rate_ok = _finite(last.get("responder_rate")) and (last.get("responder_n") or 0) >= k
-    responders = 0
-    denominators = 0
-    for r in trend.iter_rows(named=True):
-        n = r.get("responder_n") or 0
-        if _finite(r.get("responder_rate")) and n >= k:
-            responders += r["responders"] if r.get("responders") is not None else r["responder_rate"] * n
-            denominators += n
+    # the average of the weekly rates that may be shown (whatever population each week's rate covers)
+    weekly_rates = [r["responder_rate"] for r in trend.iter_rows(named=True)
+                    if _finite(r.get("responder_rate")) and (r.get("responder_n") or 0) >= k]
     if rate_ok:
         lo, hi = last.get("responder_ci_low"), last.get("responder_ci_high")
         ci = f" (95% CI {fmt_pct_range(lo, hi)})" if _finite(lo) and _finite(hi) else ""
         rate = f"the responder rate (at least 30% less pain) was {fmt_pct(last['responder_rate'])}{ci}"
-        if denominators:
-            rate += f", against {fmt_pct(responders / denominators)} over the {weeks} weeks"
+        if weekly_rates:
+            rate += f", against a {span} of {fmt_pct(sum(weekly_rates) / len(weekly_rates))}"
+    elif last.get("responder_n") == 0:
+        rate = "no patients were analysed yet for a responder rate"
     else:
         rate = "too few patients to report a responder rate"
     return f"In {last['week']}, {sessions} and {episodes}; {rate}."
@@ -349,7 +347,7 @@ def data_quality_caption(rejected_by_reason: pl.DataFrame, files: dict[str, int]
     top = data.row(0, named=True)
     row_word = "row" if total == 1 else "rows"
     return (f"{fmt_count(total)} {row_word}{share} {'was' if total == 1 else 'were'} rejected; the most common "
-            f"reason: \"{top['reason']}\" ({fmt_count(top['n'])} {'row' if top['n'] == 1 else 'rows'})"
+            f"reason: \"{str(top['reason']).strip()}\" ({fmt_count(top['n'])} {'row' if top['n'] == 1 else 'rows'})"
             f"{refused_text}.")
 
 

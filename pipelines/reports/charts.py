@@ -412,7 +412,8 @@ def km_curves_plot(km: pl.DataFrame, summary: pl.DataFrame, labels: dict[str, st
     """
     rows, pooled = published_rows(summary, labels, min_cell_size)
     with_curve = set(km["condition"].unique().to_list()) if km.height else set()
-    eligible = sorted((r for r in rows if r.n_value is not None and r.n_value >= min_cell_size
+    # rows whose count is hidden only to protect a smaller one (DASH) have at least k patients
+    eligible = sorted((r for r in rows if ((r.n_value or 0) >= min_cell_size or r.n_text == DASH)
                        and r.code in with_curve), key=lambda r: (-(r.n_value or 0), r.label))
     panels: list[PublishedRow] = []
     if (pooled is not None and pooled.n_value is not None and pooled.n_value >= min_cell_size
@@ -576,8 +577,10 @@ def trajectory_plot(trajectories: pl.DataFrame, labels: dict[str, str], conditio
         label = label_for(code, labels)
         text = n_text.get(code, "")
         if text.startswith("<"):
-            label += f" (n{text} at session 1)"
-        elif text and text != DASH:
+            label += f" (n{text})"
+        elif text == DASH:
+            label += " (n not shown)"
+        elif text:
             label += f" (n={text})"
         line.set_label(label)
         handles.append(line)
@@ -713,7 +716,7 @@ def classify_clinics(clinics: pl.DataFrame, pooled_rate: float) -> pl.DataFrame:
 
 
 def funnel_plot(clinics: pl.DataFrame, pooled_rate: float, title_suffix: str = "", *,
-                threshold_pct: float = 30.0) -> Figure:
+                threshold_pct: float = 30.0, min_cell_size: int = MIN_CELL_SIZE) -> Figure:
     """Each clinic's responder rate against its number of analysed patients, with funnel limits.
 
     The pooled rate line and the 95% and 99.8% control limits are smooth curves over n;
@@ -731,7 +734,7 @@ def funnel_plot(clinics: pl.DataFrame, pooled_rate: float, title_suffix: str = "
     pooled_ok = _finite(pooled_rate)
     if data.height == 0:
         _panel_title(ax, "No clinic has enough analysed patients to compare")
-        _empty(ax, f"No clinic has {MIN_CELL_SIZE} or more analysed patients")
+        _empty(ax, f"No clinic has {min_cell_size} or more analysed patients")
         ax.set_xlim(0, 100)
         ax.set_ylim(0, 100)
         return fig
@@ -776,7 +779,7 @@ def funnel_plot(clinics: pl.DataFrame, pooled_rate: float, title_suffix: str = "
                        "more by chance, so the limits widen to the left. A clinic inside the funnel is consistent "
                        "with the pooled rate; a red diamond (outside the 99.8% limits) is worth a closer look (case "
                        "mix, data quality), not a verdict. Clinics are not ranked; clinics with fewer than "
-                       f"{MIN_CELL_SIZE} analysed patients are left out.")
+                       f"{min_cell_size} analysed patients are left out.")
     return fig
 
 
@@ -834,7 +837,7 @@ def trend_plot(trend: pl.DataFrame, *, min_cell_size: int = MIN_CELL_SIZE, thres
     """
     k = min_cell_size
     fig = _figure(6.2)
-    _headline(fig, "The last 12 weeks: activity and results")
+    _headline(fig, f"The last {trend.height or 12} weeks: activity and results")
     ax1 = fig.add_subplot(3, 1, 1)
     ax2 = fig.add_subplot(3, 1, 2, sharex=ax1)
     ax3 = fig.add_subplot(3, 1, 3, sharex=ax1)
@@ -857,12 +860,14 @@ def trend_plot(trend: pl.DataFrame, *, min_cell_size: int = MIN_CELL_SIZE, thres
             ax.text(xi, (v or 0) + top * 0.03, text, ha="center", va="bottom", fontsize=NOTE_SIZE,
                     color=PALETTE["muted"] if v is None else "#333333")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+        if not any(v for v in values if v is not None):
+            ax.set_yticks([0])
         ax.tick_params(labelbottom=False)
     _style(ax3, grid="y")
     _panel_title(ax3, f"Responder rate (at least {threshold_pct:.0f}% less pain), with 95% confidence band")
     _labels(ax3, "ISO week", "Patients improved (%)")
     if trend.height:
-        rate, lo, hi, n_text = [], [], [], []
+        rate, lo, hi, n_text, none = [], [], [], [], []
         for r in trend.iter_rows(named=True):
             n = r.get("responder_n")
             ok = _finite(r.get("responder_rate")) and n is not None and n >= k
@@ -870,11 +875,12 @@ def trend_plot(trend: pl.DataFrame, *, min_cell_size: int = MIN_CELL_SIZE, thres
             lo.append(100 * _num(r.get("responder_ci_low")) if ok else np.nan)
             hi.append(100 * _num(r.get("responder_ci_high")) if ok else np.nan)
             n_text.append(count_text(n, k) if n is not None else "")
+            none.append(n == 0)
         rate, lo, hi = np.array(rate), np.array(lo), np.array(hi)
         ax3.fill_between(x, lo, hi, color=PALETTE["rate"], alpha=0.15, linewidth=0)
         ax3.plot(x, rate, color=PALETTE["rate"], linewidth=1.8, marker="o", markersize=4)
-        for xi, v, t in zip(x, rate, n_text):
-            if np.isnan(v):
+        for xi, v, t, empty in zip(x, rate, n_text, none):
+            if np.isnan(v) and not empty:
                 ax3.text(xi, 50, f"<{k}", ha="center", va="center", fontsize=NOTE_SIZE, color=PALETTE["muted"])
             if t:
                 ax3.text(xi, 3, f"n={t}" if not t.startswith("<") else f"n{t}", ha="center", va="bottom",
@@ -943,8 +949,8 @@ def data_quality_plot(rejected_by_reason: pl.DataFrame, files: dict[str, int], *
     side = fig.add_subplot(grid[0, 1])
     _style(ax, grid="x")
     share = f" of {format_count(rows_read)} read ({_share_text(total, rows_read)})" if rows_read else ""
-    _panel_title(ax, f"Rows rejected by reason: {format_count(total)}{share}")
-    _labels(ax, "Rows rejected (count)")
+    _panel_title(ax, f"Rows rejected by reason: {format_count(total) if total else 'none'}{share}")
+    _labels(ax, "Rows rejected (count)", "Reason")
     if reasons:
         y = np.arange(len(reasons))[::-1]
         colours = [PALETTE["ignored"] if r.endswith("other reasons") and i == max_reasons - 1 else PALETTE["rejected"]

@@ -1,0 +1,201 @@
+"""Turn a :class:`ReportContent` into the published week folder (CONTRACT.md "Output").
+
+``reports/weekly/<ISO week>/`` holds ``report.html`` (self-contained: images inlined, no
+network), ``report.pdf``, ``summary.csv`` (the published table) and ``figures/*.png``.
+The folder is written beside its target and swapped in with one atomic rename, so a
+reader sees last week's complete folder or this week's, never half of one.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import ctypes.util
+import io
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import polars as pl
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from pipelines.reports.charts import figure_to_png_bytes
+from pipelines.reports.methods import methods_paragraphs
+from pipelines.reports.weekly import ReportContent
+
+
+def render_html(content: ReportContent, images: dict[str, bytes]) -> str:
+    env = Environment(loader=PackageLoader("pipelines.reports", "templates"),
+                      autoescape=select_autoescape(["html", "j2"]), trim_blocks=False)
+    template = env.get_template("report.html.j2")
+    encoded = {name: base64.b64encode(data).decode("ascii") for name, data in images.items()}
+    return template.render(c=content, images=encoded, methods=methods_paragraphs(content.settings))
+
+
+def render_pdf(content: ReportContent, images: dict[str, bytes], target: Path) -> None:
+    """A4 PDF with the same sections as the HTML (reportlab)."""
+    from xml.sax.saxutils import escape
+
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4, landscape
+    from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+    from reportlab.lib.units import cm
+    from reportlab.platypus import (Image, KeepTogether, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table,
+                                    TableStyle)
+
+    styles = getSampleStyleSheet()
+    body = ParagraphStyle("body", parent=styles["BodyText"], fontName="Helvetica", fontSize=9.5, leading=12.5)
+    small = ParagraphStyle("small", parent=body, fontSize=7.5, leading=9.5)
+    cell = ParagraphStyle("cell", parent=body, fontSize=7.5, leading=9)
+    h1 = ParagraphStyle("h1", parent=styles["Heading1"], fontName="Helvetica-Bold", fontSize=17, spaceAfter=4)
+    h2 = ParagraphStyle("h2", parent=styles["Heading2"], fontName="Helvetica-Bold", fontSize=13, spaceBefore=10)
+    caption = ParagraphStyle("caption", parent=body, fontSize=9, leading=11.5, spaceAfter=10)
+
+    def p(text: str, style=body) -> Paragraph:
+        return Paragraph(escape(str(text)), style)
+
+    def table(rows: list[list[str]], widths=None, header=True) -> Table:
+        data = [[p(c, cell) for c in row] for row in rows]
+        t = Table(data, colWidths=widths, repeatRows=1 if header else 0)
+        style = [("GRID", (0, 0), (-1, -1), 0.25, colors.HexColor("#cccccc")),
+                 ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                 ("LEFTPADDING", (0, 0), (-1, -1), 3), ("RIGHTPADDING", (0, 0), (-1, -1), 3)]
+        if header:
+            style.append(("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#f0f3f6")))
+        t.setStyle(TableStyle(style))
+        return t
+
+    def figure(name: str, caption_text: str) -> KeepTogether:
+        img = Image(io.BytesIO(images[name]))
+        scale = (17.5 * cm) / img.imageWidth
+        img.drawWidth, img.drawHeight = img.imageWidth * scale, img.imageHeight * scale
+        if img.drawHeight > 22 * cm:
+            shrink = (22 * cm) / img.drawHeight
+            img.drawWidth, img.drawHeight = img.drawWidth * shrink, img.drawHeight * shrink
+        return KeepTogether([img, Spacer(1, 3), p(caption_text, caption)])
+
+    k = content.settings.min_cell_size
+    story: list = [
+        p("Medical massage outcomes: weekly report", h1),
+        p(f"Week {content.week}: {content.monday.isoformat()} to {content.sunday.isoformat()}; "
+          f"figures as of Sunday {content.sunday.isoformat()}."),
+        Spacer(1, 6),
+    ]
+    for message in content.key_messages:
+        story.append(p(f"• {message}"))
+    story += [p("Headline numbers", h2),
+              table([["This week", "Now", "Previous week"]]
+                    + [[h["label"], h["this_week"], h["last_week"]] for h in content.headline_week],
+                    widths=[8 * cm, 4 * cm, 4 * cm]),
+              Spacer(1, 6),
+              table([["To date", "Now", "95% interval", "A week earlier"]]
+                    + [[r["label"], r["value"], r["interval"], r["last_week"]] for r in content.headline_to_date],
+                    widths=[7 * cm, 3 * cm, 4 * cm, 3 * cm]),
+              p("Outcomes by condition", h2),
+              p(f"Conditions with fewer than {k} analysed patients are not reported (counts shown as <{k}; "
+                "'—' hides a count that would give a small one away). Intervals are 95%.", small)]
+    cols = ["condition", "episodes", "analysed", "pain_before_after", "mean_change", "responders_30",
+            "responders_50", "median_sessions", "improved_by_6", "q_value"]
+    heads = ["Condition", "Episodes", "Analysed", "Pain before → after", "Mean fall (points)", "Responders ≥30%",
+             "Responders ≥50%", "Median sessions", "Improved by session 6", "q"]
+    rows = [heads] + [[r[c] for c in cols] for r in content.conditions.iter_rows(named=True)]
+    story.append(table(rows, widths=[3.2 * cm, 1.4 * cm, 1.4 * cm, 1.8 * cm, 2.4 * cm, 2.0 * cm, 2.0 * cm,
+                                     1.8 * cm, 1.4 * cm, 1.0 * cm]))
+    for f in content.figures:
+        if f.name in ("funnel", "data_quality"):
+            continue
+        story.append(figure(f.name, f.caption))
+    story += [PageBreak(), p("Clinics", h2),
+              p("Each clinic's responder rate against the pooled rate with the range expected from chance "
+                "(funnel plot). Clinics are listed by id, never ranked; no therapist-level figures.", small)]
+    for f in content.figures:
+        if f.name == "funnel":
+            story.append(figure(f.name, f.caption))
+    story.append(table([["Clinic", "Analysed", "Responders ≥30%", "95% interval", "Compared with pooled rate"]]
+                       + [[r["clinic_id"], r["analysed"], r["responder_30"], r["interval"], r["position"]]
+                          for r in content.clinics.iter_rows(named=True)],
+                       widths=[3 * cm, 2.2 * cm, 3 * cm, 3 * cm, 6 * cm]))
+    q = content.quality
+    story += [p("Data quality", h2),
+              p(f"Export files: {q['files']['ingested']} read, {q['files']['refused']} refused, "
+                f"{q['files']['ignored']} ignored. Rows: {q['rows']['rows_read']} read = {q['rows']['accepted']} "
+                f"accepted + {q['rows']['duplicate']} duplicates + {q['rows']['superseded']} superseded + "
+                f"{q['rows']['rejected']} rejected.")]
+    for f in content.figures:
+        if f.name == "data_quality":
+            story.append(figure(f.name, f.caption))
+    if q["refused"]:
+        story.append(table([["Refused file", "Reason"]] + [[r["source_file"], r["reason"]] for r in q["refused"]],
+                           widths=[6 * cm, 11 * cm]))
+    story += [p("Methods and definitions", h2)] + [p(t) for t in methods_paragraphs(content.settings)]
+    story += [p("Provenance", h2),
+              table([[key, value] for key, value in content.provenance.items()], widths=[4 * cm, 13 * cm],
+                    header=False)]
+
+    def footer(canvas, doc):
+        canvas.saveState()
+        canvas.setFont("Helvetica", 7.5)
+        canvas.setFillColor(colors.HexColor("#666666"))
+        canvas.drawString(1.8 * cm, 1.0 * cm, f"Medical massage outcomes, week {content.week}")
+        canvas.drawRightString(A4[0] - 1.8 * cm, 1.0 * cm, f"page {doc.page}")
+        canvas.restoreState()
+
+    doc = SimpleDocTemplate(str(target), pagesize=A4, leftMargin=1.8 * cm, rightMargin=1.8 * cm,
+                            topMargin=1.6 * cm, bottomMargin=1.6 * cm,
+                            title=f"Medical massage outcomes, week {content.week}", author="pipelines",
+                            subject="Weekly outcomes report")
+    del landscape
+    doc.build(story, onFirstPage=footer, onLaterPages=footer)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return result == 0
+
+
+def publish_folder(staging: Path, target: Path) -> None:
+    """Move a complete staging folder to ``target``, replacing an earlier one atomically."""
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    if _exchange(staging, target):
+        shutil.rmtree(staging)  # staging now holds the old folder
+        return
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(target, old)
+    os.rename(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_report(content: ReportContent, weekly_dir: str | Path) -> Path:
+    """Write the week's folder under ``weekly_dir`` atomically; returns its path."""
+    weekly_dir = Path(weekly_dir)
+    weekly_dir.mkdir(parents=True, exist_ok=True)
+    target = weekly_dir / content.week
+    staging = Path(tempfile.mkdtemp(prefix=f".{content.week}.", dir=weekly_dir))
+    try:
+        images = {f.name: figure_to_png_bytes(f.figure) for f in content.figures}
+        (staging / "figures").mkdir()
+        for name, data in images.items():
+            (staging / "figures" / f"{name}.png").write_bytes(data)
+        (staging / "report.html").write_text(render_html(content, images), encoding="utf-8")
+        render_pdf(content, images, staging / "report.pdf")
+        content.summary_csv.write_csv(staging / "summary.csv")
+        os.chmod(staging, 0o755)
+        publish_folder(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,352 @@
+"""The weekly directors' report as data: every number, table, chart and caption.
+
+``build_report`` is pure: given the accepted tables, the ingest audit and the settings it
+computes everything as of the Sunday that ends the ISO week (METRICS.md "As of a date"),
+applies the publishing rules (:mod:`pipelines.reports.publish`) and returns a
+:class:`ReportContent` that :mod:`pipelines.reports.render` turns into HTML, PDF and CSV.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+import polars as pl
+from matplotlib.figure import Figure
+
+from pipelines.ingest.reasons import rejection_reasons
+from pipelines.outcomes import stats
+from pipelines.outcomes.metrics import episode_outcomes, episodes_as_of, numbered_sessions, session_relief, session_scores
+from pipelines.outcomes.summary import ALL, condition_summary_from, summarise
+from pipelines.outcomes.tables import km_curves, pain_trajectories
+from pipelines.reports import captions, charts
+from pipelines.reports.publish import count_text, publish_summary, suppress_parts
+from pipelines.settings import Settings
+
+TREND_WEEKS = 12
+
+
+def week_label(day: date) -> str:
+    year, week, _ = day.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def week_bounds(label: str) -> tuple[date, date]:
+    """Monday and Sunday of an ISO week written ``YYYY-Www``."""
+    year, week = label.split("-W")
+    monday = date.fromisocalendar(int(year), int(week), 1)
+    return monday, monday + timedelta(days=6)
+
+
+@dataclass
+class ReportInputs:
+    episodes: pl.DataFrame
+    sessions: pl.DataFrame
+    pain_scores: pl.DataFrame
+    audit: pl.DataFrame
+    rejected: pl.DataFrame
+    settings: Settings
+    labels: dict[str, str]
+    run_date: date | None = None
+    code_version: str = ""
+    vocabulary_fingerprint: str = ""
+
+
+@dataclass
+class FigureItem:
+    name: str
+    title: str
+    figure: Figure
+    caption: str
+
+
+@dataclass
+class ReportContent:
+    week: str
+    monday: date
+    sunday: date
+    settings: Settings
+    headline_week: list[dict]      # label, this_week, last_week
+    headline_to_date: list[dict]   # label, value, interval, last_week
+    conditions: pl.DataFrame       # published per-condition table (display)
+    summary_csv: pl.DataFrame      # published summary.csv
+    clinics: pl.DataFrame          # published clinic table (clinic_id, n, rate, interval, position)
+    figures: list[FigureItem]
+    quality: dict
+    provenance: dict
+    key_messages: list[str] = field(default_factory=list)
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.0f}%"
+
+
+def _interval(low: float | None, high: float | None, pct: bool = False, digits: int = 1) -> str:
+    if low is None or high is None:
+        return ""
+    if pct:
+        return f"{100 * low:.0f}–{100 * high:.0f}%"
+    return f"{low:.{digits}f} to {high:.{digits}f}"
+
+
+def _weekly_counts(episodes: pl.DataFrame, sessions: pl.DataFrame, monday: date, sunday: date) -> dict:
+    in_week_sessions = sessions.filter(pl.col("session_date").is_between(monday, sunday))
+    return {
+        "sessions": in_week_sessions.height,
+        "new_episodes": episodes.filter(pl.col("referral_date").is_between(monday, sunday)).height,
+        "patients_treated": in_week_sessions.join(episodes.select("episode_id", "patient_id"), on="episode_id")
+        ["patient_id"].n_unique(),
+    }
+
+
+def _pooled(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings) -> dict:
+    summary = condition_summary_from(outcomes, relief, settings)
+    return summary.filter(pl.col("condition") == ALL).row(0, named=True)
+
+
+def _base_counts(outcomes: pl.DataFrame, relief: pl.DataFrame, by: str) -> pl.DataFrame:
+    """Episodes behind adherence and immediate relief, per group and ALL (for blanking)."""
+    adherence = outcomes.filter((pl.col("sessions_attended") >= 1) & pl.col("prescribed_sessions").is_not_null())
+    frames = []
+    for label, o, r in [(None, adherence, relief)]:
+        a = o.group_by(by).agg(pl.len().alias("n_adherence"))
+        b = r.group_by(by).agg(pl.col("episode_id").n_unique().alias("n_relief"))
+        frames.append(a.join(b, on=by, how="full", coalesce=True))
+    per_group = frames[0]
+    pooled = pl.DataFrame({by: [ALL], "n_adherence": [adherence.height],
+                           "n_relief": [relief["episode_id"].n_unique() if relief.height else 0]})
+    return pl.concat([per_group.cast({"n_adherence": pl.Int64, "n_relief": pl.Int64}),
+                      pooled.cast({"n_adherence": pl.Int64, "n_relief": pl.Int64})], how="vertical")
+
+
+def _trend(inputs: ReportInputs, sunday: date) -> pl.DataFrame:
+    rows = []
+    k = inputs.settings.min_cell_size
+    for back in range(TREND_WEEKS - 1, -1, -1):
+        end = sunday - timedelta(weeks=back)
+        start = end - timedelta(days=6)
+        counts = _weekly_counts(inputs.episodes, inputs.sessions, start, end)
+        outcomes = episode_outcomes(inputs.episodes, inputs.sessions, inputs.pain_scores, end, inputs.settings)
+        analysed = outcomes.filter(pl.col("analysed"))
+        n = analysed.height
+        responders = int(analysed["responder_30"].sum()) if n else 0
+        rate, low, high = stats.wilson_interval(responders, n) if n >= k else (None, None, None)
+        rows.append({"week": week_label(end), "sessions": counts["sessions"], "new_episodes": counts["new_episodes"],
+                     "responders": responders if n >= k else None, "responder_n": n,
+                     "responder_rate": rate, "responder_ci_low": low, "responder_ci_high": high})
+    return pl.DataFrame(rows, schema={"week": pl.String, "sessions": pl.Int64, "new_episodes": pl.Int64,
+                                      "responders": pl.Int64, "responder_n": pl.Int64, "responder_rate": pl.Float64,
+                                      "responder_ci_low": pl.Float64, "responder_ci_high": pl.Float64})
+
+
+def _funnel_position(rate: float, n: int, pooled: float) -> str:
+    low95, high95 = charts.funnel_limits(pooled, n, charts.Z_95)
+    low998, high998 = charts.funnel_limits(pooled, n, charts.Z_998)
+    if rate > high998:
+        return "above the 99.8% limit"
+    if rate < low998:
+        return "below the 99.8% limit"
+    if rate > high95:
+        return "above the 95% limit"
+    if rate < low95:
+        return "below the 95% limit"
+    return "within the expected range"
+
+
+def _clinics(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings, pooled_rate: float | None
+             ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Published clinic table (sorted by clinic id, never ranked) and the funnel plot's points."""
+    k = settings.min_cell_size
+    per_clinic = summarise(outcomes, relief, settings, by=["clinic_id"], pooled_label=None, with_p_values=False)
+    counts = per_clinic["n_analysed"].to_list()
+    cells = suppress_parts(counts, k).parts
+    rows, funnel = [], []
+    for row, cell in zip(per_clinic.iter_rows(named=True), cells):
+        n = row["n_analysed"]
+        show = n >= k and row["responder_30_rate"] is not None
+        position = _funnel_position(row["responder_30_rate"], n, pooled_rate) if show and pooled_rate is not None else ""
+        rows.append({"clinic_id": row["clinic_id"], "analysed": cell.text(k),
+                     "responder_30": _pct(row["responder_30_rate"]) if show else "",
+                     "interval": _interval(row["responder_30_ci_low"], row["responder_30_ci_high"], pct=True) if show else "",
+                     "position": position if show else "too few patients to compare"})
+        if show:
+            funnel.append({"clinic_id": row["clinic_id"], "n_analysed": n, "responder_30_rate": row["responder_30_rate"]})
+    schema = {"clinic_id": pl.String, "n_analysed": pl.Int64, "responder_30_rate": pl.Float64}
+    return (pl.DataFrame(rows, schema={c: pl.String for c in ("clinic_id", "analysed", "responder_30", "interval", "position")}),
+            pl.DataFrame(funnel, schema=schema))
+
+
+def _condition_table(published: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:
+    def fmt(v, digits=1):
+        return "" if v is None else f"{v:.{digits}f}"
+
+    rows = []
+    for r in published.iter_rows(named=True):
+        code = r["condition"]
+        rows.append({
+            "condition": "All conditions" if code == ALL else labels.get(code, code),
+            "episodes": r["n_episodes"],
+            "analysed": r["n_analysed"],
+            "pain_before_after": "" if r["baseline_mean"] is None else f"{r['baseline_mean']:.1f} → {r['final_mean']:.1f}",
+            "mean_change": "" if r["mean_change"] is None else f"{r['mean_change']:.1f}"
+            + (f" ({_interval(r['mean_change_ci_low'], r['mean_change_ci_high'])})" if r["mean_change_ci_low"] is not None else ""),
+            "responders_30": "" if r["responder_30_rate"] is None else f"{_pct(r['responder_30_rate'])} ({_interval(r['responder_30_ci_low'], r['responder_30_ci_high'], pct=True)})",
+            "responders_50": "" if r["responder_50_rate"] is None else f"{_pct(r['responder_50_rate'])} ({_interval(r['responder_50_ci_low'], r['responder_50_ci_high'], pct=True)})",
+            "median_sessions": _median_text(r),
+            "improved_by_6": _pct(r["improved_by_session_6"]),
+            "q_value": "" if r["q_value"] is None else (f"{r['q_value']:.3f}" if r["q_value"] >= 0.001 else "<0.001"),
+            "note": "fewer than k patients analysed" if r["suppressed"] else "",
+        })
+    return pl.DataFrame(rows)
+
+
+def _median_text(r: dict) -> str:
+    if r["responder_30_rate"] is None:  # blank row
+        return ""
+    median = r["median_sessions_to_response"]
+    if median is None:
+        return "not reached"
+    low, high = r["median_sessions_ci_low"], r["median_sessions_ci_high"]
+    bound = f"{low:.0f}–{high:.0f}" if low is not None and high is not None else (
+        f"{low:.0f}–not reached" if low is not None else "")
+    return f"{median:.0f}" + (f" ({bound})" if bound else "")
+
+
+def _quality(inputs: ReportInputs) -> dict:
+    audit = inputs.audit
+    files = {s: int((audit["status"] == s).sum()) for s in ("ingested", "refused", "ignored")}
+    totals = {c: int(audit[c].sum()) for c in ("rows_read", "accepted", "duplicate", "superseded", "rejected")}
+    reasons = rejection_reasons(inputs.rejected) if inputs.rejected.height else pl.DataFrame(
+        schema={"reason": pl.String, "n": pl.UInt32})
+    refused = audit.filter(pl.col("status") == "refused").select("source_file", "reason").to_dicts()
+    # Files and export rows are counts of records, not of patients, and staff need them exact to
+    # fix an export: they are shown in full (methods appendix, "Privacy").
+    return {"files": files, "rows": {c: f"{v:,}" for c, v in totals.items()}, "rows_raw": totals,
+            "reasons": [{"reason": r, "n": f"{int(n):,}"} for r, n in reasons.iter_rows()],
+            "reasons_frame": reasons, "refused": refused}
+
+
+def input_fingerprint(audit: pl.DataFrame, vocabulary_fingerprint: str) -> str:
+    """sha256 over every ingested file's path and content hash, and the vocabulary."""
+    parts = [f"{r['source_file']}:{r['sha256']}" for r in audit.sort("source_file").iter_rows(named=True)
+             if r.get("sha256")]
+    parts.append(f"vocabulary:{vocabulary_fingerprint}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def build_report(inputs: ReportInputs, week: str) -> ReportContent:
+    settings = inputs.settings
+    k = settings.min_cell_size
+    monday, sunday = week_bounds(week)
+    previous_sunday = sunday - timedelta(days=7)
+    labels = {**inputs.labels, ALL: "All conditions"}
+    ep, se, ps = inputs.episodes, inputs.sessions, inputs.pain_scores
+
+    outcomes = episode_outcomes(ep, se, ps, sunday, settings)
+    relief = session_relief(ep, se, ps, sunday)
+    summary = condition_summary_from(outcomes, relief, settings)
+    previous = _pooled(episode_outcomes(ep, se, ps, previous_sunday, settings),
+                       session_relief(ep, se, ps, previous_sunday), settings) if ep.height else None
+    pooled = summary.filter(pl.col("condition") == ALL).row(0, named=True) if summary.height else None
+
+    published = publish_summary(summary, k, _base_counts(outcomes, relief, "condition"))
+    summary_csv = published.with_columns(
+        pl.col("condition").replace_strict(labels, default=pl.col("condition")).alias("label")
+    ).select("condition", "label", *[c for c in published.columns if c not in ("condition", "label")])
+
+    this_week = _weekly_counts(ep, se, monday, sunday)
+    last_week = _weekly_counts(ep, se, monday - timedelta(days=7), previous_sunday)
+    headline_week = [
+        {"label": "Sessions delivered", "this_week": count_text(this_week["sessions"], k),
+         "last_week": count_text(last_week["sessions"], k)},
+        {"label": "New episodes of care", "this_week": count_text(this_week["new_episodes"], k),
+         "last_week": count_text(last_week["new_episodes"], k)},
+        {"label": "Patients treated", "this_week": count_text(this_week["patients_treated"], k),
+         "last_week": count_text(last_week["patients_treated"], k)},
+    ]
+    headline_to_date = _to_date_rows(pooled, previous, k)
+
+    eps_d = episodes_as_of(ep, sunday)
+    trajectories = pain_trajectories(session_scores(numbered_sessions(eps_d, se, sunday), ps), eps_d)
+    km = km_curves(outcomes)
+    trend = _trend(inputs, sunday)
+    pooled_rate = pooled["responder_30_rate"] if pooled and pooled["n_analysed"] >= k else None
+    clinics_table, funnel_points = _clinics(outcomes, relief, settings, pooled_rate)
+    quality = _quality(inputs)
+
+    chart_summary = published
+    figures = [
+        FigureItem("forest", "Change in pain by condition",
+                   charts.forest_plot(chart_summary, labels, min_cell_size=k),
+                   captions.forest_caption(chart_summary, labels, min_cell_size=k)),
+        FigureItem("improved_by_session", "Share of patients improved, by session",
+                   charts.km_curves_plot(km, chart_summary, labels, min_cell_size=k),
+                   captions.km_caption(chart_summary, labels, min_cell_size=k)),
+        FigureItem("trajectory", "Pain before each session",
+                   charts.trajectory_plot(trajectories, labels, min_cell_size=k),
+                   captions.trajectory_caption(trajectories, labels, min_cell_size=k)),
+        FigureItem("responders", "Responders by condition",
+                   charts.responder_plot(chart_summary, labels, min_cell_size=k),
+                   captions.responder_caption(chart_summary, labels, min_cell_size=k)),
+        FigureItem("funnel", "Clinics compared with the pooled responder rate",
+                   charts.funnel_plot(funnel_points, pooled_rate if pooled_rate is not None else float("nan"),
+                                      threshold_pct=settings.responder_30_threshold),
+                   captions.funnel_caption(funnel_points, pooled_rate)),
+        FigureItem("trend", "The last 12 weeks",
+                   charts.trend_plot(trend, min_cell_size=k, threshold_pct=settings.responder_30_threshold),
+                   captions.trend_caption(trend, min_cell_size=k)),
+        FigureItem("data_quality", "Data quality",
+                   charts.data_quality_plot(quality["reasons_frame"], quality["files"],
+                                            rows_read=quality["rows_raw"]["rows_read"]),
+                   captions.data_quality_caption(quality["reasons_frame"], quality["files"],
+                                                 quality["rows_raw"]["rows_read"])),
+    ]
+    provenance = {
+        "ISO week": f"{week} (Monday {monday.isoformat()} to Sunday {sunday.isoformat()})",
+        "As of": f"{sunday.isoformat()} (records dated on or before this day)",
+        "Run date": inputs.run_date.isoformat() if inputs.run_date else "",
+        "Input fingerprint": input_fingerprint(inputs.audit, inputs.vocabulary_fingerprint),
+        "Code version": inputs.code_version,
+        "Settings": ", ".join(f"{k_}={v}" for k_, v in settings.as_dict().items()),
+    }
+    key_messages = [f.caption for f in figures[:2] if f.caption]
+    return ReportContent(week=week, monday=monday, sunday=sunday, settings=settings, headline_week=headline_week,
+                         headline_to_date=headline_to_date, conditions=_condition_table(published, labels),
+                         summary_csv=summary_csv, clinics=clinics_table, figures=figures, quality=quality,
+                         provenance=provenance, key_messages=key_messages)
+
+
+def _to_date_rows(pooled: dict | None, previous: dict | None, k: int) -> list[dict]:
+    def row(label, key, fmt, interval=None, show_change=True):
+        now = pooled[key] if pooled else None
+        before = previous[key] if previous else None
+        return {"label": label, "value": fmt(now), "interval": interval or "",
+                "last_week": fmt(before) if show_change else ""}
+
+    if pooled is None:
+        return []
+    enough = pooled["n_analysed"] >= k
+    enough_before = previous is not None and previous["n_analysed"] >= k
+    rows = [
+        {"label": "Episodes of care", "value": count_text(pooled["n_episodes"], k), "interval": "",
+         "last_week": count_text(previous["n_episodes"], k) if previous else ""},
+        {"label": "Episodes analysed (baseline and follow-up pain)", "value": count_text(pooled["n_analysed"], k),
+         "interval": "", "last_week": count_text(previous["n_analysed"], k) if previous else ""},
+    ]
+    if enough:
+        stat = lambda key, fmt: (fmt(pooled[key]), fmt(previous[key]) if enough_before and previous[key] is not None else "")  # noqa: E731
+        for label, key, fmt, interval in [
+            ("Mean fall in pain (0–10 points)", "mean_change", lambda v: "" if v is None else f"{v:.1f}",
+             _interval(pooled["mean_change_ci_low"], pooled["mean_change_ci_high"])),
+            ("Responders: pain down ≥30%", "responder_30_rate", _pct,
+             _interval(pooled["responder_30_ci_low"], pooled["responder_30_ci_high"], pct=True)),
+            ("Responders: pain down ≥50%", "responder_50_rate", _pct,
+             _interval(pooled["responder_50_ci_low"], pooled["responder_50_ci_high"], pct=True)),
+            ("Median sessions to a 30% improvement", "median_sessions_to_response",
+             lambda v: "not reached" if v is None else f"{v:.0f}",
+             _interval(pooled["median_sessions_ci_low"], pooled["median_sessions_ci_high"], digits=0)),
+        ]:
+            value, before = stat(key, fmt)
+            rows.append({"label": label, "value": value, "interval": interval, "last_week": before})
+    return rows
