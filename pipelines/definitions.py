@@ -31,7 +31,7 @@ def make_definitions(settings: Settings | None = None, start: date | None = None
         "outcomes_job", selection=dg.AssetSelection.groups("ingest", "outcomes"),
         description="Ingest every export under the raw folder and compute the outcome tables.")
     weekly_report_job = dg.define_asset_job(
-        "weekly_report_job", selection=dg.AssetSelection.all(), partitions_def=partitions,
+        "weekly_report_job", selection=dg.AssetSelection.all(),
         description="Ingest, outcomes, and the directors' report for one ISO week (as of its Sunday).")
     return dg.Definitions(
         assets=[*dg.load_assets_from_modules([ingest_assets, outcome_assets]), build_weekly_report_asset(partitions)],

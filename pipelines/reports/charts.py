@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch, Polygon
+from matplotlib.patches import Polygon
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from matplotlib.transforms import blended_transform_factory
 
@@ -462,7 +462,10 @@ def km_curves_plot(km: pl.DataFrame, summary: pl.DataFrame, labels: dict[str, st
         ax.fill_between(t, band_low, band_high, step="post", color=colour, alpha=0.18, linewidth=0)
         ax.step(t, improved, where="post", color=colour, linewidth=1.8)
         ax.axhline(50, color=PALETTE["reference"], linestyle="--", linewidth=0.9)
-        _mark_median(ax, panel, colour, t_max)
+        # the note goes bottom right, unless the curve is still low there (then top left)
+        right = improved[max(int(np.searchsorted(t, 0.6 * t_max, side="right")) - 1, 0):]
+        corner = "top left" if len(right) and np.nanmin(right) < 30 else "bottom right"
+        _mark_median(ax, panel, colour, t_max, corner)
         title = f"{panel.label} ({panel.n_label})" if panel.n_label else panel.label
         ax.set_title(title, fontsize=PANEL_TITLE_SIZE - 0.5, color="#333333",
                      fontweight="bold" if panel.code == ALL else "normal")
@@ -492,11 +495,13 @@ def km_curves_plot(km: pl.DataFrame, summary: pl.DataFrame, labels: dict[str, st
     return fig
 
 
-def _mark_median(ax, panel: PublishedRow, colour: str, t_max: float) -> None:
+def _mark_median(ax, panel: PublishedRow, colour: str, t_max: float, corner: str = "bottom right") -> None:
+    where = (dict(x=0.97, y=0.06, ha="right", va="bottom") if corner == "bottom right"
+             else dict(x=0.03, y=0.97, ha="left", va="top"))
     median = panel.row.get("median_sessions_to_response")
     if not _finite(median):
-        ax.text(0.97, 0.06, "half not yet improved\n(median not reached)", transform=ax.transAxes, ha="right",
-                va="bottom", fontsize=NOTE_SIZE, color=PALETTE["muted"])
+        ax.text(s="half not yet improved\n(median not reached)", transform=ax.transAxes, fontsize=NOTE_SIZE,
+                color=PALETTE["muted"], **where)
         return
     lo, hi = panel.row.get("median_sessions_ci_low"), panel.row.get("median_sessions_ci_high")
     lo = lo if _finite(lo) else median
@@ -506,8 +511,8 @@ def _mark_median(ax, panel: PublishedRow, colour: str, t_max: float) -> None:
         ax.annotate("", xy=(t_max, 50), xytext=(lo, 50), arrowprops=dict(arrowstyle="->", color=colour, lw=1.6))
     ax.plot([median], [50], marker="o", markersize=6.5, color=colour, markeredgecolor="white", zorder=5)
     ci = _session_ci_text(lo, hi)
-    ax.text(0.97, 0.06, f"half improved by session {median:g}\n(95% CI {ci})", transform=ax.transAxes, ha="right",
-            va="bottom", fontsize=NOTE_SIZE + 0.5, color="#333333")
+    ax.text(s=f"half improved by session {median:g}\n(95% CI {ci})", transform=ax.transAxes,
+            fontsize=NOTE_SIZE + 0.5, color="#333333", **where)
 
 
 def _session_ci_text(lo, hi) -> str:
@@ -759,7 +764,8 @@ def funnel_plot(clinics: pl.DataFrame, pooled_rate: float, title_suffix: str = "
             ax.text(n_hi, 100 * low[-1], f" {name}", ha="left", va="center", fontsize=NOTE_SIZE + 0.5,
                     color=PALETTE["limit"])
             # the visible part of the funnel sets the y range
-            y_values += list(100 * low[grid >= max(n.min() * 0.8, n_lo)]) + list(100 * high[grid >= max(n.min() * 0.8, n_lo)])
+            visible = grid >= max(n.min() * 0.8, n_lo)
+            y_values += list(100 * low[visible]) + list(100 * high[visible])
         ax.axhline(100 * pooled_rate, color=PALETTE["overall"], linewidth=1.1)
         ax.text(n_hi, 100 * pooled_rate, " pooled", ha="left", va="center", fontsize=NOTE_SIZE + 0.5)
     else:
@@ -980,6 +986,8 @@ def data_quality_plot(rejected_by_reason: pl.DataFrame, files: dict[str, int], *
     side.barh(y_files, values, color=colours, height=0.62)
     side.set_yticks(y_files, [name for _, name in statuses], fontsize=TICK_SIZE)
     side.tick_params(axis="y", length=0)
+    # the same bar thickness as the reasons beside it, files at the top
+    side.set_ylim(len(statuses) - 0.4 - max(len(reasons), len(statuses)), len(statuses) - 0.4)
     top = max(values + [1])
     side.set_xlim(0, top * 1.3)
     side.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=3))
