@@ -121,6 +121,8 @@ def _failure(result) -> str:
     for event in result.all_events:
         if event.event_type_value in ("STEP_FAILURE", "RUN_FAILURE"):
             error = getattr(event.event_specific_data, "error", None)
+            while error is not None and error.cause is not None:  # the user code's own exception
+                error = error.cause
             if error is not None:
                 return f"{event.step_key or 'run'}: {error.message.strip().splitlines()[-1]}"
     return "see the Dagster run log"

@@ -78,7 +78,9 @@ def test_publish_summary_blanks_statistics_and_masks_counts():
     published = publish_summary(summary, 11)
     rows = {r["condition"]: r for r in published.iter_rows(named=True)}
     assert rows["a"]["mean_change"] is None and rows["a"]["responder_30_rate"] is None
-    assert rows["b"]["mean_change"] == 1.5
+    # b's n is hidden (complementary): its rate and interval would give n away, so they go too
+    assert rows["b"]["mean_change"] is None and rows["b"]["responder_30_ci_low"] is None
+    assert rows["c"]["mean_change"] == 1.0
     assert [rows[c]["n_analysed"] for c in ("a", "b", "c", "ALL")] == ["<11", "—", "50", "92"]
     # 12 is not small; nothing hidden in n_episodes
     assert [rows[c]["n_episodes"] for c in ("a", "b", "c", "ALL")] == ["12", "40", "60", "112"]

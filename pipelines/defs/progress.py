@@ -34,6 +34,8 @@ class _ProgressHandler(logging.Handler):
             self.stream.write(f"  ok    {name} ({seconds:.1f}s)\n")
         elif kind == "STEP_FAILURE":
             error = event.event_specific_data.error
+            while error is not None and error.cause is not None:
+                error = error.cause
             message = error.message.strip().splitlines()[-1] if error else "failed"
             self.stream.write(f"  FAIL  {step}: {message}\n")
         elif kind == "ASSET_CHECK_EVALUATION":

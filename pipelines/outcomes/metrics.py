@@ -23,7 +23,7 @@ OUTCOME_COLUMNS = [
     "responder_50", "sessions_to_response", "response_observed", "exclusion_reason",
 ]
 #: carried along for cohort selection by researchers (not required by the contract)
-EXTRA_COLUMNS = ["age_band", "sex", "chronicity", "n_observations", "analysed"]
+EXTRA_COLUMNS = ["age_band", "sex", "chronicity", "n_observations", "last_observation_date", "analysed"]
 
 
 def reaches(pct: pl.Expr, threshold: float) -> pl.Expr:
@@ -109,6 +109,7 @@ def episode_outcomes(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores
         pl.col("score").last().alias("final_pain"),
         pl.len().cast(pl.Int64).alias("n_observations"),
         pl.col("t").last().alias("_last_t"),
+        pl.col("date").last().alias("last_observation_date"),
         pl.col("t").filter(reaches(pl.col("_pct"), settings.response_threshold)).first().alias("_response_t"),
     )
     out = (

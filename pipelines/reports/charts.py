@@ -870,7 +870,7 @@ def trend_plot(trend: pl.DataFrame, *, min_cell_size: int = MIN_CELL_SIZE, thres
             ax.set_yticks([0])
         ax.tick_params(labelbottom=False)
     _style(ax3, grid="y")
-    _panel_title(ax3, f"Responder rate (at least {threshold_pct:.0f}% less pain), with 95% confidence band")
+    _panel_title(ax3, f"Responders among patients rated that week (pain at least {threshold_pct:.0f}% below baseline), 95% band")
     _labels(ax3, "ISO week", "Patients improved (%)")
     if trend.height:
         rate, lo, hi, n_text, none = [], [], [], [], []

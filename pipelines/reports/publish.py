@@ -126,10 +126,20 @@ def publish_summary(summary: pl.DataFrame, k: int, base_counts: pl.DataFrame | N
             .alias("immediate_relief_mean"),
         ).drop("n_adherence", "n_relief")
     texts: dict[str, list[str]] = {}
+    hidden_analysed: set[str] = set()
     for column in ("n_episodes", "n_analysed"):
         result = suppress_parts(parts[column].to_list(), k, total_shown=pooled.height == 1)
         by_label = dict(zip(parts[label_column].to_list(), (c.text(k) for c in result.parts)))
         if pooled.height == 1:
             by_label["ALL"] = result.total.text(k)
+        if column == "n_analysed":
+            hidden_analysed = {label for label, cell in zip(parts[label_column].to_list(), result.parts)
+                               if cell.state != SHOWN}
+            if pooled.height == 1 and result.total.state != SHOWN:
+                hidden_analysed.add("ALL")
         texts[column] = [by_label[label] for label in out[label_column].to_list()]
+    # A rate and its interval give n away (a Wilson interval's width is a function of n), so a
+    # row whose n_analysed is hidden shows no statistics either.
+    hidden = pl.col(label_column).is_in(sorted(hidden_analysed))
+    out = out.with_columns([pl.when(hidden).then(None).otherwise(pl.col(c)).alias(c) for c in STAT_COLUMNS])
     return out.with_columns([pl.Series(c, v, dtype=pl.String) for c, v in texts.items()])

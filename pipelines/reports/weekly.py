@@ -128,7 +128,8 @@ def _trend(inputs: ReportInputs, sunday: date) -> pl.DataFrame:
         start = end - timedelta(days=6)
         counts = _weekly_counts(inputs.episodes, inputs.sessions, start, end)
         outcomes = episode_outcomes(inputs.episodes, inputs.sessions, inputs.pain_scores, end, inputs.settings)
-        analysed = outcomes.filter(pl.col("analysed"))
+        # the week's cohort: analysed episodes whose latest outcome rating was taken that week
+        analysed = outcomes.filter(pl.col("analysed") & (pl.col("last_observation_date") >= start))
         n = analysed.height
         responders = int(analysed["responder_30"].sum()) if n else 0
         rate, low, high = stats.wilson_interval(responders, n) if n >= k else (None, None, None)
@@ -164,7 +165,8 @@ def _clinics(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings, p
     rows, funnel = [], []
     for row, cell in zip(per_clinic.iter_rows(named=True), cells):
         n = row["n_analysed"]
-        show = n >= k and row["responder_30_rate"] is not None
+        # a hidden n hides the rate too: rate and interval together give n away
+        show = cell.state == "shown" and n >= k and row["responder_30_rate"] is not None
         position = _funnel_position(row["responder_30_rate"], n, pooled_rate) if show and pooled_rate is not None else ""
         rows.append({"clinic_id": row["clinic_id"], "analysed": cell.text(k),
                      "responder_30": _pct(row["responder_30_rate"]) if show else "",
