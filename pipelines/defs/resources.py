@@ -55,6 +55,11 @@ class PipelineConfig(dg.ConfigurableResource):
     as_of: str = ""
     #: condition vocabulary CSV; empty: the packaged reference file
     vocabulary_file: str = ""
+    #: re-read only new or changed export files (cache under <processed_dir>/.cache/ingest)
+    ingest_cache: bool = True
+
+    def ingest_cache_dir(self) -> Path | None:
+        return Path(self.processed_dir) / ".cache" / "ingest" if self.ingest_cache else None
 
     def run_date(self, timezone: str) -> date:
         if self.today:

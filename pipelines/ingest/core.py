@@ -15,11 +15,12 @@ from pathlib import Path
 
 import polars as pl
 
+from pipelines.ingest.cache import IngestCache
 from pipelines.ingest.keys import settle_keys
 from pipelines.ingest.privacy import mask_expr
-from pipelines.ingest.reader import RefusedFile, discover, read_file
+from pipelines.ingest.reader import RawFile, RefusedFile, discover, read_file
 from pipelines.ingest.spec import TABLE_ORDER, TABLES, TableSpec
-from pipelines.ingest.validate import check_rows
+from pipelines.ingest.validate import check_rows, with_run_date_rule
 from pipelines.vocabulary import Vocabulary
 
 STATUSES = ("accepted", "duplicate", "superseded", "rejected")
@@ -116,62 +117,112 @@ def _settle_table(spec: TableSpec, rows: pl.DataFrame, accepted: dict[str, pl.Da
 
 
 def _empty_checked(spec: TableSpec) -> pl.DataFrame:
-    from pipelines.ingest.validate import check_rows as _check
-    from pipelines.vocabulary import Vocabulary as _V
-    frame = pl.DataFrame(schema={"line": pl.Int64, **{c: pl.String for c in spec.names}})
-    frame = frame.with_columns(pl.lit(None, pl.String).alias("source_file"),
-                               pl.lit(None, pl.Int64).alias("file_idx"))
-    return _check(frame, spec, _V(lookup={}, labels={}, source=""), date(2000, 1, 1))
+    frame = pl.DataFrame(schema={"line": pl.Int64, **{c: pl.String for c in spec.names}}).with_columns(
+        pl.lit(None, pl.String).alias("source_file"), pl.lit(None, pl.Int64).alias("file_idx"))
+    return check_rows(frame, spec, Vocabulary(lookup={}, labels={}, source=""))
 
 
-def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | None = None) -> IngestResult:
-    """Read, validate and settle every export file under ``raw_dir`` (never modified)."""
+def _notes(read) -> str | None:
+    notes = []
+    if read.extra_columns:
+        notes.append("extra columns ignored: " + ", ".join(read.extra_columns))
+    if read.blank_lines:
+        notes.append(f"{read.blank_lines} blank line(s) skipped")
+    return "; ".join(notes) or None
+
+
+def parse_files(files: list[RawFile], vocabulary: Vocabulary) -> list[dict]:
+    """Rules 1 and 2 (without the run-date rule) for each file: status, reason, sha256 and,
+    for readable files, the row-checked rows and the rows with the wrong number of fields.
+
+    The row rules run in one vectorised pass per table over all the files given.
+    """
+    parsed: list[dict] = []
+    frames: dict[str, list[pl.DataFrame]] = {t: [] for t in TABLE_ORDER}
+    positions: dict[str, list[int]] = {t: [] for t in TABLE_ORDER}
+    for position, raw in enumerate(files):
+        spec = TABLES[raw.table]
+        try:
+            read = read_file(raw, spec)
+        except RefusedFile as exc:
+            parsed.append({"status": "refused", "reason": str(exc), "sha256": None})
+            continue
+        except OSError as exc:
+            parsed.append({"status": "refused", "reason": f"cannot be opened: {exc.strerror or exc}", "sha256": None})
+            continue
+        parsed.append({"status": "ingested", "reason": _notes(read), "sha256": read.sha256, "ragged": read.ragged})
+        frames[raw.table].append(read.frame.with_columns(pl.lit(position, pl.Int64).alias("_part")))
+        positions[raw.table].append(position)
+    for table, parts in frames.items():
+        if not parts:
+            continue
+        checked = check_rows(pl.concat(parts, how="diagonal_relaxed"), TABLES[table], vocabulary)
+        by_part = checked.partition_by("_part", as_dict=True, include_key=False)
+        empty = checked.clear().drop("_part")
+        for part in positions[table]:
+            parsed[part]["checked"] = by_part.get((part,), empty)
+    return parsed
+
+
+def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | None = None,
+                  cache_dir: str | Path | None = None) -> IngestResult:
+    """Read, validate and settle every export file under ``raw_dir`` (never modified).
+
+    With ``cache_dir``, files unchanged since an earlier run are not read again
+    (:mod:`pipelines.ingest.cache`); the result is the same either way.
+    """
     vocabulary = vocabulary or Vocabulary.load()
     raw_dir = Path(raw_dir)
+    cache = IngestCache(cache_dir, vocabulary.fingerprint()) if cache_dir is not None else None
+    files = discover(raw_dir)
+    results: dict[int, dict] = {}
+    pending: list[tuple[int, RawFile, dict | None]] = []
+    for file_idx, raw in enumerate(files):
+        if raw.table is None:
+            continue
+        cached = cache.load(raw.relpath, raw.path, raw.table) if cache and not raw.refusal else None
+        if cached is not None:
+            results[file_idx] = cached
+        else:
+            try:
+                signature = IngestCache._signature(raw.path) if cache else None
+            except OSError:
+                signature = None
+            pending.append((file_idx, raw, signature))
+    for (file_idx, raw, signature), parsed in zip(pending, parse_files([p[1] for p in pending], vocabulary)):
+        results[file_idx] = parsed
+        if cache is not None and not raw.refusal:
+            cache.store(raw.relpath, raw.path, raw.table, parsed, signature)
+    if cache is not None:
+        cache.finish()
+
     file_rows: list[dict] = []
     checked: dict[str, list[pl.DataFrame]] = {t: [] for t in TABLE_ORDER}
     ragged: list[pl.DataFrame] = []
-    for file_idx, raw in enumerate(discover(raw_dir)):
+    for file_idx, raw in enumerate(files):
         entry = {"source_file": raw.relpath, "table": raw.table, "status": "ignored", "reason": None,
                  "sha256": None}
         file_rows.append(entry)
         if raw.table is None:
             entry["reason"] = "name does not match episodes*, sessions* or pain_scores* (.csv or .parquet)"
             continue
-        spec = TABLES[raw.table]
-        try:
-            read = read_file(raw, spec)
-        except RefusedFile as exc:
-            entry.update(status="refused", reason=str(exc))
+        parsed = results[file_idx]
+        entry.update(status=parsed["status"], reason=parsed["reason"], sha256=parsed["sha256"])
+        if parsed["status"] != "ingested":
             continue
-        except OSError as exc:
-            entry.update(status="refused", reason=f"cannot be opened: {exc.strerror or exc}")
-            continue
-        entry["status"] = "ingested"
-        entry["sha256"] = read.sha256
-        notes = []
-        if read.extra_columns:
-            notes.append("extra columns ignored: " + ", ".join(read.extra_columns))
-        if read.blank_lines:
-            notes.append(f"{read.blank_lines} blank line(s) skipped")
-        entry["reason"] = "; ".join(notes) or None
-        checked[raw.table].append(read.frame.with_columns(
+        checked[raw.table].append(parsed["checked"].with_columns(
             pl.lit(raw.relpath).alias("source_file"), pl.lit(file_idx, pl.Int64).alias("file_idx")))
-        if read.ragged.height:
-            ragged.append(read.ragged.with_columns(pl.lit(raw.relpath).alias("source_file"),
-                                                   pl.lit(raw.table).alias("table")))
+        if parsed["ragged"].height:
+            ragged.append(parsed["ragged"].with_columns(pl.lit(raw.relpath).alias("source_file"),
+                                                       pl.lit(raw.table).alias("table")))
 
     accepted: dict[str, pl.DataFrame] = {}
     statuses: list[pl.DataFrame] = []
     rejected: list[pl.DataFrame] = [r.select(list(REJECTED_SCHEMA)) for r in ragged]
     for table in TABLE_ORDER:
         spec = TABLES[table]
-        if checked[table]:
-            # one vectorised pass over every file of the table (columns a file lacks are null)
-            frames = pl.concat(checked[table], how="diagonal_relaxed")
-            rows = check_rows(frames, spec, vocabulary, today)
-        else:
-            rows = _empty_checked(spec)
+        rows = pl.concat(checked[table], how="vertical_relaxed") if checked[table] else _empty_checked(spec)
+        rows = with_run_date_rule(rows, spec, today)
         settled = _settle_table(spec, rows, accepted)
         accepted[table] = (settled.filter(pl.col("status") == "accepted")
                            .sort("file_idx", "line").select(*spec.names, "source_file", "line"))

@@ -34,7 +34,7 @@ def _reason(condition: pl.Expr, *parts: pl.Expr | str) -> pl.Expr:
     return pl.when(condition.fill_null(False)).then(text).otherwise(None)
 
 
-def _column_rules(column: Column, vocabulary: Vocabulary, today: date) -> tuple[pl.Expr, list[pl.Expr]]:
+def _column_rules(column: Column, vocabulary: Vocabulary) -> tuple[pl.Expr, list[pl.Expr]]:
     """The typed value of one column and its reason expressions."""
     name = column.name
     raw = pl.col(name)
@@ -63,8 +63,7 @@ def _column_rules(column: Column, vocabulary: Vocabulary, today: date) -> tuple[
         typed = pl.when(raw.str.contains(_ISO_DATE)).then(parsed).otherwise(None)
         reasons.append(_reason(present & typed.is_null(), f"{name}: ", _quoted(name),
                                " is not a real date in the form YYYY-MM-DD"))
-        reasons.append(_reason(typed > pl.lit(today), f"{name}: ", _shown(name),
-                               f" is after the run date {today.isoformat()}"))
+        # "not after the run date" depends on the day of the run: see with_run_date_rule
     elif column.kind == "int":
         as_float = raw.cast(pl.Float64, strict=False)
         is_int = raw.str.contains(_INTEGER)
@@ -99,18 +98,35 @@ def _table_rules(spec: TableSpec) -> list[pl.Expr]:
     ]
 
 
-def check_rows(frame: pl.DataFrame, spec: TableSpec, vocabulary: Vocabulary, today: date) -> pl.DataFrame:
-    """Type every contract column and collect the rule-2 reasons of every row."""
+def check_rows(frame: pl.DataFrame, spec: TableSpec, vocabulary: Vocabulary) -> pl.DataFrame:
+    """Type every contract column and collect the rule-2 reasons of every row, except the
+    run-date rule (:func:`with_run_date_rule`), which is the only one that depends on the day."""
     absent = [c for c in spec.names if c not in frame.columns]
     frame = frame.with_columns([pl.lit(None, dtype=pl.String).alias(c) for c in absent])
     typed: list[pl.Expr] = []
     reasons: list[pl.Expr] = []
     for column in spec.columns:
-        value, rules = _column_rules(column, vocabulary, today)
+        value, rules = _column_rules(column, vocabulary)
         typed.append(value)
         reasons.extend(rules)
     reasons.extend(_table_rules(spec))
     reason_list = pl.concat_list(reasons).list.drop_nulls() if reasons else pl.lit([], dtype=pl.List(pl.String))
     raw_cols = [pl.col(c).alias(f"raw_{c}") for c in spec.names]
-    carried = [c for c in ("source_file", "file_idx") if c in frame.columns]
+    carried = [c for c in ("source_file", "file_idx", "_part") if c in frame.columns]
     return frame.select(pl.col("line"), *carried, *raw_cols, *typed, reason_list.alias("reasons"))
+
+
+def with_run_date_rule(checked: pl.DataFrame, spec: TableSpec, today: date) -> pl.DataFrame:
+    """Rule 2's "every date present ... not after the run date", added to ``reasons``."""
+    rules = []
+    for column in spec.columns:
+        if column.kind != "date":
+            continue
+        name = column.name
+        shown = mask_expr(pl.col(f"raw_{name}"))
+        rules.append(_reason(pl.col(name) > pl.lit(today), f"{name}: ", shown,
+                             f" is after the run date {today.isoformat()}"))
+    if not rules:
+        return checked
+    late = pl.concat_list(rules).list.drop_nulls()
+    return checked.with_columns(pl.concat_list([pl.col("reasons"), late]).alias("reasons"))

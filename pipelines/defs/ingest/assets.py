@@ -37,7 +37,8 @@ def _preview(frame: pl.DataFrame, rows: int = 5) -> dg.MetadataValue:
 def ingest(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings):
     settings = analysis_settings.to_settings()
     today = paths.run_date(settings.timezone)
-    result = ingest_folder(paths.raw_dir, today=today, vocabulary=paths.vocabulary())
+    result = ingest_folder(paths.raw_dir, today=today, vocabulary=paths.vocabulary(),
+                           cache_dir=paths.ingest_cache_dir())
     audit = result.audit
     files = {status: int((audit["status"] == status).sum()) for status in ("ingested", "refused", "ignored")}
     context.log.info(f"ingest: {files['ingested']} files ingested, {files['refused']} refused, "
