@@ -20,7 +20,8 @@ from pipelines.ingest.keys import settle_keys
 from pipelines.ingest.privacy import mask_expr
 from pipelines.ingest.reader import RawFile, RefusedFile, discover, read_file
 from pipelines.ingest.spec import TABLE_ORDER, TABLES, TableSpec
-from pipelines.ingest.validate import check_rows, with_run_date_rule
+from pipelines.ingest.validate import _reason as _rule
+from pipelines.ingest.validate import check_rows, reasons_for_failures, with_run_date_rule
 from pipelines.vocabulary import Vocabulary
 
 STATUSES = ("accepted", "duplicate", "superseded", "rejected")
@@ -46,40 +47,38 @@ class IngestResult:
 
 def _reference_reasons(table: str, rows: pl.DataFrame, accepted: dict[str, pl.DataFrame]) -> pl.DataFrame:
     """Rule 3: add ``ref_reasons`` (list) against the accepted rows of earlier tables."""
-    def reason(cond: pl.Expr, *parts: pl.Expr | str) -> pl.Expr:
-        text = pl.concat_str([p if isinstance(p, pl.Expr) else pl.lit(p) for p in parts])
-        return pl.when(cond.fill_null(False)).then(text).otherwise(None)
-
     if table == "episodes":
         return rows.with_columns(pl.lit([], pl.List(pl.String)).alias("ref_reasons"))
     episodes = accepted["episodes"].select("episode_id", pl.col("referral_date").alias("_referral"),
                                            pl.lit(True).alias("_episode_ok"))
     rows = rows.join(episodes, on="episode_id", how="left")
-    no_episode = reason(pl.col("_episode_ok").is_null(), "episode_id: '", pl.col("episode_id"),
-                        "' is not an accepted episode")
+    no_episode = _rule(pl.col("_episode_ok").is_null(), "episode_id: '", pl.col("episode_id"),
+                       "' is not an accepted episode")
     if table == "sessions":
-        checks = [no_episode,
-                  reason(pl.col("session_date") < pl.col("_referral"), "session_date: ",
-                         pl.col("session_date").cast(pl.String), " is before the episode's referral_date ",
-                         pl.col("_referral").cast(pl.String))]
+        rules = [no_episode,
+                 _rule(pl.col("session_date") < pl.col("_referral"), "session_date: ",
+                       pl.col("session_date").cast(pl.String), " is before the episode's referral_date ",
+                       pl.col("_referral").cast(pl.String))]
         drop = ["_referral", "_episode_ok"]
     else:
         sessions = accepted["sessions"].select("session_id", pl.col("episode_id").alias("_session_episode"))
         rows = rows.join(sessions, on="session_id", how="left")
         prepost = pl.col("timepoint").is_in(["pre", "post"])
-        checks = [
+        rules = [
             no_episode,
-            reason(prepost & pl.col("_session_episode").is_null(), "session_id: '", pl.col("session_id"),
-                   "' is not an accepted session"),
-            reason(prepost & (pl.col("_session_episode") != pl.col("episode_id")), "session_id: '",
-                   pl.col("session_id"), "' belongs to episode '", pl.col("_session_episode"),
-                   "', not '", pl.col("episode_id"), "'"),
-            reason((pl.col("timepoint") == "followup") & (pl.col("recorded_on") < pl.col("_referral")),
-                   "recorded_on: ", pl.col("recorded_on").cast(pl.String),
-                   " is before the episode's referral_date ", pl.col("_referral").cast(pl.String)),
+            _rule(prepost & pl.col("_session_episode").is_null(), "session_id: '", pl.col("session_id"),
+                  "' is not an accepted session"),
+            _rule(prepost & (pl.col("_session_episode") != pl.col("episode_id")), "session_id: '",
+                  pl.col("session_id"), "' belongs to episode '", pl.col("_session_episode"),
+                  "', not '", pl.col("episode_id"), "'"),
+            _rule((pl.col("timepoint") == "followup") & (pl.col("recorded_on") < pl.col("_referral")),
+                  "recorded_on: ", pl.col("recorded_on").cast(pl.String),
+                  " is before the episode's referral_date ", pl.col("_referral").cast(pl.String)),
         ]
         drop = ["_referral", "_episode_ok", "_session_episode"]
-    return rows.with_columns(pl.concat_list(checks).list.drop_nulls().alias("ref_reasons")).drop(drop)
+    identity = {c: c for c in rows.columns}
+    checked = reasons_for_failures(rows, rules, identity)
+    return checked.rename({"reasons": "ref_reasons"}).drop(drop)
 
 
 def _key(table: str) -> tuple[pl.Expr, pl.Expr]:
@@ -102,9 +101,10 @@ def _key(table: str) -> tuple[pl.Expr, pl.Expr]:
 
 def _settle_table(spec: TableSpec, rows: pl.DataFrame, accepted: dict[str, pl.DataFrame]) -> pl.DataFrame:
     """Run rules 3 and 4 on rows that passed rule 2; returns rows with status and reasons."""
-    passed = rows.filter(pl.col("reasons").list.len() == 0)
+    passed = rows.filter(pl.col("reasons").list.len() == 0).drop("reasons")
     failed = rows.filter(pl.col("reasons").list.len() > 0).with_columns(pl.lit("rejected").alias("status"))
-    passed = _reference_reasons(spec.name, passed, accepted)
+    passed = _reference_reasons(spec.name, passed, accepted).with_columns(
+        pl.lit([], pl.List(pl.String)).alias("reasons"))
     ref_failed = passed.filter(pl.col("ref_reasons").list.len() > 0).with_columns(
         pl.col("ref_reasons").alias("reasons"), pl.lit("rejected").alias("status"))
     passed = passed.filter(pl.col("ref_reasons").list.len() == 0)

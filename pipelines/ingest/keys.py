@@ -24,7 +24,15 @@ def settle_keys(rows: pl.DataFrame, key: pl.Expr, key_label: pl.Expr, content_co
     if rows.height == 0:
         return rows.with_columns(pl.lit(None, pl.String).alias("status"),
                                  pl.lit([], pl.List(pl.String)).alias("key_reasons"))
-    rows = rows.with_columns(key.alias("_key"), content_expr(content_columns).alias("_content"))
+    rows = rows.with_columns(key.alias("_key"))
+    # a key seen once is accepted as it is; only shared keys need their contents compared
+    shared = pl.col("_key").is_duplicated()
+    single = rows.filter(~shared).with_columns(pl.lit("accepted").alias("status"),
+                                               pl.lit([], pl.List(pl.String)).alias("key_reasons")).drop("_key")
+    rows = rows.filter(shared)
+    if rows.height == 0:
+        return single
+    rows = rows.with_columns(content_expr(content_columns).alias("_content"))
     in_file = ["file_idx", "_key"]
     rows = rows.with_columns(
         (pl.col("_content").n_unique().over(in_file) > 1).alias("_conflict"),
@@ -55,5 +63,6 @@ def settle_keys(rows: pl.DataFrame, key: pl.Expr, key_label: pl.Expr, content_co
         pl.concat_str([key_label, pl.lit(": different versions of this key in the same file (lines "),
                        pl.col("_lines"), pl.lit("), keep one version per export")])
     ])).otherwise(pl.lit([], pl.List(pl.String)))
-    return rows.with_columns(status.alias("status"), reason.alias("key_reasons")).drop(
+    settled = rows.with_columns(status.alias("status"), reason.alias("key_reasons")).drop(
         "_key", "_content", "_conflict", "_representative", "_lines", "_winner_file", "_winner_content")
+    return pl.concat([single, settled], how="vertical")

@@ -29,9 +29,39 @@ def _quoted(col: str) -> pl.Expr:
     return pl.lit("'") + _shown(col) + pl.lit("'")
 
 
-def _reason(condition: pl.Expr, *parts: pl.Expr | str) -> pl.Expr:
+def _reason(condition: pl.Expr, *parts: pl.Expr | str) -> tuple[pl.Expr, pl.Expr]:
+    """A rule: when it fails (over typed and raw values), and its text (over raw values only).
+
+    Texts are built only for the rows that fail (:func:`reasons_for_failures`): most rows pass,
+    and formatting a message for every row would cost more than the checks themselves.
+    """
     text = pl.concat_str([p if isinstance(p, pl.Expr) else pl.lit(p) for p in parts])
-    return pl.when(condition.fill_null(False)).then(text).otherwise(None)
+    return condition.fill_null(False), text
+
+
+def reasons_for_failures(frame: pl.DataFrame, rules: list[tuple[pl.Expr, pl.Expr]],
+                         text_columns: dict[str, str], existing: str | None = None) -> pl.DataFrame:
+    """Evaluate ``rules`` over ``frame`` and put the failing rules' texts in ``reasons``.
+
+    ``text_columns`` renames frame columns to the names the texts use (raw values);
+    ``existing``: a list column of earlier reasons to extend instead of starting empty.
+    """
+    flags = [cond.alias(f"_f{i}") for i, (cond, _) in enumerate(rules)]
+    flagged = frame.with_columns(flags)
+    names = [f"_f{i}" for i in range(len(rules))]
+    failing = pl.any_horizontal(names) if names else pl.lit(False)
+    base = pl.col(existing) if existing else pl.lit([], dtype=pl.List(pl.String))
+    ok = flagged.filter(~failing).with_columns(base.alias("reasons"))
+    bad = flagged.filter(failing)
+    if bad.height:
+        texts = bad.select([pl.col(src).alias(dst) for src, dst in text_columns.items()] + names).select(
+            pl.concat_list([pl.when(pl.col(f"_f{i}")).then(text).otherwise(None)
+                            for i, (_, text) in enumerate(rules)]).list.drop_nulls().alias("_new"))
+        bad = bad.with_columns(texts["_new"]).with_columns(
+            (pl.concat_list([base, pl.col("_new")]) if existing else pl.col("_new")).alias("reasons")).drop("_new")
+    else:
+        bad = bad.with_columns(base.alias("reasons"))
+    return pl.concat([ok, bad], how="vertical").drop(names)
 
 
 def _column_rules(column: Column, vocabulary: Vocabulary) -> tuple[pl.Expr, list[pl.Expr]]:
@@ -104,16 +134,20 @@ def check_rows(frame: pl.DataFrame, spec: TableSpec, vocabulary: Vocabulary) -> 
     absent = [c for c in spec.names if c not in frame.columns]
     frame = frame.with_columns([pl.lit(None, dtype=pl.String).alias(c) for c in absent])
     typed: list[pl.Expr] = []
-    reasons: list[pl.Expr] = []
+    rules: list[tuple[pl.Expr, pl.Expr]] = []
     for column in spec.columns:
-        value, rules = _column_rules(column, vocabulary)
+        value, column_rules = _column_rules(column, vocabulary)
         typed.append(value)
-        reasons.extend(rules)
-    reasons.extend(_table_rules(spec))
-    reason_list = pl.concat_list(reasons).list.drop_nulls() if reasons else pl.lit([], dtype=pl.List(pl.String))
+        rules.extend(column_rules)
+    rules.extend(_table_rules(spec))
+    # flags are evaluated on the raw frame; texts later on the failing rows' raw values
+    flags = [cond.alias(f"_flag{i}") for i, (cond, _) in enumerate(rules)]
     raw_cols = [pl.col(c).alias(f"raw_{c}") for c in spec.names]
     carried = [c for c in ("source_file", "file_idx", "_part") if c in frame.columns]
-    return frame.select(pl.col("line"), *carried, *raw_cols, *typed, reason_list.alias("reasons"))
+    flagged = frame.select(pl.col("line"), *carried, *raw_cols, *typed, *flags)
+    text_rules = [(pl.col(f"_flag{i}"), text) for i, (_, text) in enumerate(rules)]
+    out = reasons_for_failures(flagged, text_rules, {f"raw_{c}": c for c in spec.names})
+    return out.drop([f"_flag{i}" for i in range(len(rules))])
 
 
 def with_run_date_rule(checked: pl.DataFrame, spec: TableSpec, today: date) -> pl.DataFrame:
@@ -123,10 +157,9 @@ def with_run_date_rule(checked: pl.DataFrame, spec: TableSpec, today: date) -> p
         if column.kind != "date":
             continue
         name = column.name
-        shown = mask_expr(pl.col(f"raw_{name}"))
-        rules.append(_reason(pl.col(name) > pl.lit(today), f"{name}: ", shown,
+        rules.append(_reason(pl.col(name) > pl.lit(today), f"{name}: ", _shown(f"raw_{name}"),
                              f" is after the run date {today.isoformat()}"))
     if not rules:
         return checked
-    late = pl.concat_list(rules).list.drop_nulls()
-    return checked.with_columns(pl.concat_list([pl.col("reasons"), late]).alias("reasons"))
+    identity = {c: c for c in checked.columns if c.startswith("raw_")}
+    return reasons_for_failures(checked, rules, identity, existing="reasons").drop("reasons_old", strict=False)
