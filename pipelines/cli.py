@@ -1,7 +1,10 @@
 """The `outcomes` command: run the pipeline, or generate demo data.
 
-    outcomes run   [--raw-dir R] [--processed-dir P] [--reports-dir Q] [--as-of D] [--today D]
+    outcomes run   [--raw-dir R] [--processed-dir P] [--reports-dir Q] [--as-of D] [--today D] [--wait S]
     outcomes synth --episodes N --seed S --out DIR
+
+Exit status of `run`: 0 done; 1 no report could be made; 2 bad arguments or folders;
+75 (EX_TEMPFAIL) another run holds the processed or reports folder; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -9,8 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
+import threading
 import time
+from contextlib import ExitStack
 from datetime import date
 from pathlib import Path
 
@@ -28,6 +34,16 @@ def _bad(text: str) -> str:
     raise argparse.ArgumentTypeError(f"'{text}' is not a date in the form YYYY-MM-DD")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds (0 or more)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="outcomes",
@@ -41,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "folder (CONTRACT.md), compute the outcome tables (METRICS.md) and publish the "
                     "report. Rejected rows and refused files never stop the run; they are listed "
                     "in rejected_rows.csv and ingest_audit.csv. The run is recorded in the Dagster "
-                    "instance under $DAGSTER_HOME when that is set.")
+                    "instance under $DAGSTER_HOME when that is set. One run at a time per processed "
+                    "folder: a second run waits (--wait) or exits with status 75. A killed run leaves "
+                    "the previous outputs intact; the next run cleans up after it.")
     run.add_argument("--raw-dir", default="data/raw", type=Path,
                      help="folder of export files, read-only to the pipeline (default: data/raw)")
     run.add_argument("--processed-dir", default="data/processed", type=Path,
@@ -60,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--vocabulary", type=Path, default=None,
                      help="condition vocabulary CSV (code,alias,label); default: the packaged reference "
                           "file pipelines/reference/conditions.csv")
+    run.add_argument("--wait", type=_seconds, default=0.0, metavar="SECONDS",
+                     help="if another run is using the processed or reports folder, wait up to this many "
+                          "seconds for it to finish (default 0: refuse at once, exit status 75)")
     run.add_argument("--quiet", action="store_true", help="print only the final summary")
 
     synth = sub.add_parser(
@@ -78,15 +99,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: files being written are removed, published outputs stay."""
+
+
+_terminated = threading.Event()
+TERMINATED_MESSAGE = "outcomes: terminated (SIGTERM); outputs already published are intact"
+
+
+def _on_sigterm(signum, frame) -> None:
+    _terminated.set()
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = None
+    _terminated.clear()
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command == "run":
             return _run(args)
         return _synth(args)
+    except Terminated:
+        print(TERMINATED_MESSAGE, file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("outcomes: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -136,19 +180,41 @@ def _run(args: argparse.Namespace) -> int:
             print(f"outcomes: vocabulary: {exc}", file=sys.stderr)
             return 2
 
-    from pipelines.pipeline import run_pipeline
+    from pipelines.locking import EX_TEMPFAIL, RunLocked, run_lock
 
-    if not args.quiet:
-        print(f"outcomes run: {args.raw_dir} -> {args.processed_dir}, {args.reports_dir}", file=sys.stderr)
-    started = time.monotonic()
-    outcome = run_pipeline(raw_dir=args.raw_dir, processed_dir=args.processed_dir, reports_dir=args.reports_dir,
-                           as_of=args.as_of or "", today=args.today or "", settings=settings,
-                           vocabulary_file=args.vocabulary, progress=not args.quiet)
-    print(outcome.summary_text(time.monotonic() - started))
-    if not outcome.success:
-        print(f"outcomes: run failed: {outcome.failure}", file=sys.stderr)
-        return 1
-    return 0
+    def waiting(folder, holder) -> None:
+        if not args.quiet:
+            print(f"outcomes: {folder} is in use by {holder.describe()}; waiting up to {args.wait:g}s",
+                  file=sys.stderr)
+
+    # the lock is taken before Dagster is imported, so that a refusal is immediate;
+    # run_pipeline takes it again (re-entrant) and keeps it for the whole run
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(run_lock(args.processed_dir, args.reports_dir, wait=args.wait, on_wait=waiting))
+        except RunLocked as exc:
+            print(f"outcomes: {exc}", file=sys.stderr)
+            return EX_TEMPFAIL
+        except OSError as exc:
+            print(f"outcomes: cannot lock the output folders: {exc.strerror or exc} ({exc.filename or ''})",
+                  file=sys.stderr)
+            return 2
+        from pipelines.pipeline import run_pipeline
+
+        if not args.quiet:
+            print(f"outcomes run: {args.raw_dir} -> {args.processed_dir}, {args.reports_dir}", file=sys.stderr)
+        started = time.monotonic()
+        outcome = run_pipeline(raw_dir=args.raw_dir, processed_dir=args.processed_dir,
+                               reports_dir=args.reports_dir, as_of=args.as_of or "", today=args.today or "",
+                               settings=settings, vocabulary_file=args.vocabulary, progress=not args.quiet)
+        print(outcome.summary_text(time.monotonic() - started))
+        if _terminated.is_set():  # Dagster turned the SIGTERM into a failed step
+            print(TERMINATED_MESSAGE, file=sys.stderr)
+            return 128 + signal.SIGTERM
+        if not outcome.success:
+            print(f"outcomes: run failed: {outcome.failure}", file=sys.stderr)
+            return 1
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,25 @@
-"""Run the Dagster asset graph from Python (the `outcomes run` command, tests, benchmarks)."""
+"""Run the Dagster asset graph from Python (the `outcomes run` command, tests, benchmarks).
+
+A run is safe to kill at any moment (docs/reliability.md):
+
+* it holds the run lock of the processed and reports folders (:mod:`pipelines.locking`),
+  so two runs never write the same folders at once;
+* the outcomes job writes every processed table into a staging folder inside the
+  processed folder (``.outcomes-run.<pid>.<random>``); only when the whole job has
+  succeeded are the tables renamed into place, one atomic rename each. A run killed or
+  failed before that leaves every previous table untouched;
+* the weekly report folder is published with one atomic rename (pipelines.reports.render);
+* under the lock, a run first removes what killed runs left behind: staging folders and
+  temporary files of processes that no longer exist, and report staging folders (a
+  report folder caught half-way through the non-atomic fallback swap is put back).
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -13,8 +30,19 @@ import polars as pl
 from pipelines.ingest.core import AUDIT_SCHEMA, REJECTED_SCHEMA
 from pipelines.ingest.reasons import rejection_reasons
 from pipelines.defs.reports.partitions import first_week, monday_of
+from pipelines.io import fsync_dir, owner_gone, remove_stale_temp_files
+from pipelines.locking import RunLocked, run_lock
 from pipelines.reports.weekly import week_label
 from pipelines.settings import Settings
+
+__all__ = ["RunLocked", "RunOutcome", "run_config", "run_pipeline", "remove_leftovers"]
+
+#: the staging folder of one run's processed tables, inside the processed folder
+RUN_STAGING = re.compile(r"^\.outcomes-run\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}$")
+#: what render.write_report leaves in reports/weekly when killed: its staging folder
+#: (``.<week>.<random>``) and the previous folder during a fallback swap (``.<week>.old``)
+REPORT_STAGING = re.compile(r"^\.(?P<week>\d{4}-W\d{2})\.(?P<rest>[A-Za-z0-9_]{8}|old)$")
+TRASH = re.compile(r"^\.outcomes-trash\.(?P<pid>\d+)\.")
 
 
 @dataclass
@@ -27,17 +55,26 @@ class RunOutcome:
     as_of: str = ""
     report_paths: list[Path] = field(default_factory=list)
     report_run_id: str = ""
+    #: False when the outcomes job failed: the processed folder still holds the previous run's tables
+    tables_published: bool = True
+    #: this run's audit and rejected rows when they were not published (a failed outcomes job)
+    unpublished: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
 
     def audit(self) -> pl.DataFrame:
+        if "ingest_audit" in self.unpublished:
+            return self.unpublished["ingest_audit"]
         return pl.read_csv(self.processed_dir / "ingest_audit.csv", schema=AUDIT_SCHEMA)
 
     def rejected(self) -> pl.DataFrame:
+        if "rejected_rows" in self.unpublished:
+            return self.unpublished["rejected_rows"]
         return pl.read_csv(self.processed_dir / "rejected_rows.csv", schema=REJECTED_SCHEMA)
 
     def summary_text(self, seconds: float) -> str:
         lines = [f"{'Run finished' if self.success else 'Run FAILED'} in {seconds:.1f}s (Dagster run {self.run_id[:8]})"]
         audit_path = self.processed_dir / "ingest_audit.csv"
-        if audit_path.exists():
+        have_audit = "ingest_audit" in self.unpublished if not self.tables_published else audit_path.exists()
+        if have_audit:
             audit = self.audit()
             count = {s: int((audit["status"] == s).sum()) for s in ("ingested", "refused", "ignored")}
             lines.append(f"Files: {count['ingested']} ingested, {count['refused']} refused, {count['ignored']} ignored")
@@ -56,8 +93,12 @@ class RunOutcome:
                     lines.append(f"  {n:>8,}  {reason}")
         if self.as_of:
             lines.append(f"Metrics as of {self.as_of}")
-        lines.append(f"Processed tables: {self.processed_dir}/ (episode_outcomes.parquet, condition_summary.csv, "
-                     "rejected_rows.csv, ingest_audit.csv, ...)")
+        if self.tables_published:
+            lines.append(f"Processed tables: {self.processed_dir}/ (episode_outcomes.parquet, condition_summary.csv, "
+                         "rejected_rows.csv, ingest_audit.csv, ...)")
+        else:
+            lines.append(f"Processed tables: {self.processed_dir}/ left as they were (this run failed before "
+                         "publishing its tables)")
         for path in self.report_paths:
             lines.append(f"Report: {path} (and report.pdf, summary.csv, figures/ beside it)")
         return "\n".join(lines)
@@ -81,22 +122,46 @@ def run_config(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: str
 def run_pipeline(raw_dir: str | Path = "data/raw", processed_dir: str | Path = "data/processed",
                  reports_dir: str | Path = "reports", as_of: str = "", today: str = "",
                  settings: Settings | None = None, vocabulary_file: str | Path | None = None,
-                 progress: bool = False, instance: dg.DagsterInstance | None = None) -> RunOutcome:
-    """Execute the outcomes job in process; recorded in $DAGSTER_HOME's instance when set."""
+                 progress: bool = False, instance: dg.DagsterInstance | None = None,
+                 wait: float = 0.0, on_wait=None) -> RunOutcome:
+    """Execute the outcomes job in process; recorded in $DAGSTER_HOME's instance when set.
+
+    Holds the run lock of ``processed_dir`` and ``reports_dir`` throughout; if another run
+    holds it, waits up to ``wait`` seconds and then raises :class:`RunLocked`.
+    """
+    raw_dir, processed_dir, reports_dir = Path(raw_dir), Path(processed_dir), Path(reports_dir)
+    with run_lock(processed_dir, reports_dir, wait=wait, on_wait=on_wait):
+        remove_leftovers(processed_dir, reports_dir)
+        return _run_locked(raw_dir, processed_dir, reports_dir, as_of, today, settings or Settings(),
+                           Path(vocabulary_file) if vocabulary_file else None, progress, instance)
+
+
+def _run_locked(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: str, today: str,
+                settings: Settings, vocabulary_file: Path | None, progress: bool,
+                instance: dg.DagsterInstance | None) -> RunOutcome:
     from pipelines.definitions import make_definitions
 
-    raw_dir, processed_dir, reports_dir = Path(raw_dir), Path(processed_dir), Path(reports_dir)
-    settings = settings or Settings()
-    config = run_config(raw_dir, processed_dir, reports_dir, as_of, today, settings,
-                        Path(vocabulary_file) if vocabulary_file else None, progress)
+    config = run_config(raw_dir, processed_dir, reports_dir, as_of, today, settings, vocabulary_file, progress)
     if instance is None:
         instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    # 1. ingest and outcomes (unpartitioned), as of --as-of or the latest record
-    defs = make_definitions(settings)
-    result = defs.resolve_job_def("outcomes_job").execute_in_process(
-        run_config=config, instance=instance, raise_on_error=False)
-    outcome = RunOutcome(success=result.success, run_id=result.run_id, processed_dir=processed_dir,
-                         reports_dir=reports_dir, failure=_failure(result), as_of=_as_of(result))
+    # 1. ingest and outcomes (unpartitioned), as of --as-of or the latest record; the tables
+    #    go to a staging folder and are published together once the whole job has succeeded
+    staging = Path(tempfile.mkdtemp(prefix=f".outcomes-run.{os.getpid()}.", dir=processed_dir))
+    try:
+        staged_config = run_config(raw_dir, staging, reports_dir, as_of, today, settings, vocabulary_file, progress)
+        staged_config["resources"]["paths"]["config"]["processed_dir"] = str(processed_dir)
+        defs = make_definitions(settings)
+        result = defs.resolve_job_def("outcomes_job").execute_in_process(
+            run_config=staged_config, instance=instance, raise_on_error=False)
+        outcome = RunOutcome(success=result.success, run_id=result.run_id, processed_dir=processed_dir,
+                             reports_dir=reports_dir, failure=_failure(result), as_of=_as_of(result))
+        if result.success:
+            _publish_tables(staging, processed_dir)
+        else:
+            outcome.tables_published = False
+            outcome.unpublished = _read_unpublished(staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if not result.success or not outcome.as_of:
         return outcome
     # 2. the report for the ISO week of the as-of date (a weekly partition), as of its Sunday
@@ -113,6 +178,73 @@ def run_pipeline(raw_dir: str | Path = "data/raw", processed_dir: str | Path = "
         outcome.success = False
         outcome.failure = _failure(report)
     return outcome
+
+
+def _publish_tables(staging: Path, processed_dir: Path) -> None:
+    """Rename every table of a finished job into the processed folder (each rename atomic)."""
+    for path in sorted(staging.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            os.replace(path, processed_dir / path.name)
+    fsync_dir(processed_dir)
+
+
+def _read_unpublished(staging: Path) -> dict[str, pl.DataFrame]:
+    frames = {}
+    for name, schema in (("ingest_audit", AUDIT_SCHEMA), ("rejected_rows", REJECTED_SCHEMA)):
+        try:
+            frames[name] = pl.read_csv(staging / f"{name}.csv", schema=schema)
+        except (OSError, pl.exceptions.PolarsError):
+            pass
+    return frames
+
+
+def _discard(folder: Path) -> None:
+    """Remove a folder: first renamed out of the way (atomic), then deleted."""
+    trash = folder.with_name(f".outcomes-trash.{os.getpid()}.{folder.name.lstrip('.')}")
+    try:
+        os.rename(folder, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_leftovers(processed_dir: str | Path, reports_dir: str | Path) -> list[str]:
+    """Clean up after runs that were killed; call only while holding the run lock.
+
+    Removes, in the processed folder, staging folders and temporary files of processes
+    that no longer run; in ``reports/weekly``, report staging folders, and an old week
+    folder left by an interrupted fallback swap (put back if its week folder is missing).
+    Returns a description of each thing done.
+    """
+    processed_dir, reports_dir = Path(processed_dir), Path(reports_dir)
+    done: list[str] = []
+    if processed_dir.is_dir():
+        for entry in processed_dir.iterdir():
+            match = RUN_STAGING.match(entry.name) or TRASH.match(entry.name)
+            if match and entry.is_dir() and owner_gone(int(match["pid"])):
+                shutil.rmtree(entry, ignore_errors=True)
+                done.append(f"removed {entry}")
+        done += [f"removed {p}" for p in remove_stale_temp_files(processed_dir)]
+    weekly = reports_dir / "weekly"
+    if weekly.is_dir():
+        for entry in sorted(weekly.iterdir()):
+            trash = TRASH.match(entry.name)
+            if trash and entry.is_dir() and owner_gone(int(trash["pid"])):
+                shutil.rmtree(entry, ignore_errors=True)
+                done.append(f"removed {entry}")
+                continue
+            match = REPORT_STAGING.match(entry.name)
+            if not match or not entry.is_dir():
+                continue
+            target = weekly / match["week"]
+            if match["rest"] == "old" and not target.exists():
+                os.rename(entry, target)  # the swap was interrupted between its two renames
+                done.append(f"restored {target} from {entry.name}")
+            else:
+                _discard(entry)
+                done.append(f"removed {entry}")
+        done += [f"removed {p}" for p in remove_stale_temp_files(weekly, recursive=False)]
+    return done
 
 
 def _failure(result) -> str:

@@ -48,16 +48,12 @@ def numbered_sessions(episodes: pl.DataFrame, sessions: pl.DataFrame, as_of: dat
 
 def session_scores(numbered: pl.DataFrame, pain_scores: pl.DataFrame) -> pl.DataFrame:
     """One row per numbered session with its ``pre`` and ``post`` scores (null when absent)."""
-    prepost = pain_scores.filter(pl.col("timepoint").is_in(["pre", "post"])).select(
-        "session_id", "episode_id", "timepoint", "score")
-    wide = prepost.pivot(on="timepoint", index=["session_id", "episode_id"], values="score",
-                         aggregate_function="first") if prepost.height else None
     out = numbered
     for tp in ("pre", "post"):
-        if wide is not None and tp in wide.columns:
-            out = out.join(wide.select("session_id", "episode_id", tp), on=["session_id", "episode_id"], how="left")
-        else:
-            out = out.with_columns(pl.lit(None, pl.Float64).alias(tp))
+        scores = (pain_scores.filter(pl.col("timepoint") == tp)
+                  .select("session_id", "episode_id", pl.col("score").cast(pl.Float64).alias(tp))
+                  .unique(subset=["session_id", "episode_id"], keep="first"))
+        out = out.join(scores, on=["session_id", "episode_id"], how="left")
     return out
 
 

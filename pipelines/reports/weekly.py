@@ -127,7 +127,16 @@ def _trend(inputs: ReportInputs, sunday: date) -> pl.DataFrame:
         end = sunday - timedelta(weeks=back)
         start = end - timedelta(days=6)
         counts = _weekly_counts(inputs.episodes, inputs.sessions, start, end)
-        outcomes = episode_outcomes(inputs.episodes, inputs.sessions, inputs.pain_scores, end, inputs.settings)
+        # Only episodes rated that week can be in the week's cohort; an episode's outcome depends
+        # on its own records alone, so computing it on just those episodes gives the same numbers.
+        rated = pl.concat([
+            inputs.sessions.filter(pl.col("session_date").is_between(start, end)).select("episode_id"),
+            inputs.pain_scores.filter((pl.col("timepoint") == "followup")
+                                      & pl.col("recorded_on").is_between(start, end)).select("episode_id"),
+        ]).unique()
+        outcomes = episode_outcomes(inputs.episodes.join(rated, on="episode_id", how="semi"),
+                                    inputs.sessions.join(rated, on="episode_id", how="semi"),
+                                    inputs.pain_scores.join(rated, on="episode_id", how="semi"), end, inputs.settings)
         # the week's cohort: analysed episodes whose latest outcome rating was taken that week
         analysed = outcomes.filter(pl.col("analysed") & (pl.col("last_observation_date") >= start))
         n = analysed.height
