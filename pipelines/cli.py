@@ -4,7 +4,8 @@
     outcomes synth --episodes N --seed S --out DIR
 
 Exit status of `run`: 0 done; 1 no report could be made; 2 bad arguments or folders;
-75 (EX_TEMPFAIL) another run holds the processed or reports folder; 130 interrupted.
+75 (EX_TEMPFAIL) another run holds the processed or reports folder; 130 interrupted
+(Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -99,34 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: files being written are removed, published outputs stay."""
-
-
-_terminated = threading.Event()
-TERMINATED_MESSAGE = "outcomes: terminated (SIGTERM); outputs already published are intact"
-
-
-def _on_sigterm(signum, frame) -> None:
-    _terminated.set()
-    raise Terminated()
+INTERRUPTED = "outcomes: interrupted; outputs already published are intact (the next run cleans up)"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = None
-    _terminated.clear()
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        # SIGTERM (kill, systemd, docker stop) stops a run like Ctrl-C does; Dagster maps it the same way
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if args.command == "run":
             return _run(args)
         return _synth(args)
-    except Terminated:
-        print(TERMINATED_MESSAGE, file=sys.stderr)
-        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print("outcomes: interrupted", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     finally:
         if previous is not None:
@@ -208,9 +196,9 @@ def _run(args: argparse.Namespace) -> int:
                                reports_dir=args.reports_dir, as_of=args.as_of or "", today=args.today or "",
                                settings=settings, vocabulary_file=args.vocabulary, progress=not args.quiet)
         print(outcome.summary_text(time.monotonic() - started))
-        if _terminated.is_set():  # Dagster turned the SIGTERM into a failed step
-            print(TERMINATED_MESSAGE, file=sys.stderr)
-            return 128 + signal.SIGTERM
+        if outcome.interrupted:  # Dagster turned the signal into a failed step
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
         if not outcome.success:
             print(f"outcomes: run failed: {outcome.failure}", file=sys.stderr)
             return 1

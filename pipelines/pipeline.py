@@ -57,6 +57,8 @@ class RunOutcome:
     report_run_id: str = ""
     #: False when the outcomes job failed: the processed folder still holds the previous run's tables
     tables_published: bool = True
+    #: stopped by SIGINT/SIGTERM (Dagster reports it as a failed step)
+    interrupted: bool = False
     #: this run's audit and rejected rows when they were not published (a failed outcomes job)
     unpublished: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
 
@@ -154,7 +156,8 @@ def _run_locked(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: st
         result = defs.resolve_job_def("outcomes_job").execute_in_process(
             run_config=staged_config, instance=instance, raise_on_error=False)
         outcome = RunOutcome(success=result.success, run_id=result.run_id, processed_dir=processed_dir,
-                             reports_dir=reports_dir, failure=_failure(result), as_of=_as_of(result))
+                             reports_dir=reports_dir, failure=_failure(result), as_of=_as_of(result),
+                             interrupted=_interrupted(result))
         if result.success:
             _publish_tables(staging, processed_dir)
         else:
@@ -177,6 +180,7 @@ def _run_locked(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: st
     else:
         outcome.success = False
         outcome.failure = _failure(report)
+        outcome.interrupted = _interrupted(report)
     return outcome
 
 
@@ -258,6 +262,17 @@ def _failure(result) -> str:
             if error is not None:
                 return f"{event.step_key or 'run'}: {error.message.strip().splitlines()[-1]}"
     return "see the Dagster run log"
+
+
+def _interrupted(result) -> bool:
+    for event in result.all_events:
+        if event.event_type_value in ("STEP_FAILURE", "RUN_FAILURE"):
+            error = getattr(event.event_specific_data, "error", None)
+            while error is not None:
+                if error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+                    return True
+                error = error.cause
+    return False
 
 
 def _as_of(result) -> str:

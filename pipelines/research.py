@@ -30,7 +30,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 import polars as pl
 
@@ -41,6 +41,9 @@ from pipelines.outcomes.summary import ALL, SUMMARY_SCHEMA, condition_summary_fr
 from pipelines.outcomes.tables import km_curves, pain_trajectories
 from pipelines.settings import Settings
 from pipelines.vocabulary import Vocabulary
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "BY_COLUMNS", "NOT_RECORDED", "PROCESSED_DIR_ENV", "Cohort", "Tables", "cohort_km_curves", "cohort_outcomes",
@@ -373,7 +376,7 @@ def cohort_relief(tables: Tables, as_of: date | str | None = None) -> Frame:
 
 
 def summarise_outcomes(outcomes: Frame, relief: Frame, settings: Settings | None = None,
-                       by: str = "condition") -> pl.DataFrame:
+                       by: str = "condition") -> Frame:
     """Every METRICS.md "One condition" statistic per group of ``by``, plus the pooled ``ALL`` row.
 
     ``outcomes`` from :func:`cohort_outcomes`, ``relief`` from :func:`cohort_relief` (same
@@ -381,17 +384,23 @@ def summarise_outcomes(outcomes: Frame, relief: Frame, settings: Settings | None
     :func:`~pipelines.outcomes.summary.condition_summary_from`; other groupings call
     :func:`~pipelines.outcomes.summary.summarise` with ``by=[by]``, after labelling missing
     values :data:`NOT_RECORDED` and giving relief the episode's group. q_value is
-    Benjamini-Hochberg over the groups of this table.
+    Benjamini-Hochberg over the groups of this table. Returns pandas for pandas input.
+
+    >>> outcomes = cohort_outcomes(tables, settings=settings)            # doctest: +SKIP
+    >>> summarise_outcomes(outcomes, cohort_relief(tables), settings, by="sex")  # doctest: +SKIP
     """
     if by not in BY_COLUMNS:
         raise ValueError(f"by must be one of {BY_COLUMNS}, got {by!r}")
     settings = settings or Settings()
+    as_pandas = not isinstance(outcomes, pl.DataFrame)
     outcomes, relief = _to_polars(outcomes), _to_polars(relief)
     if by == "condition":
-        return condition_summary_from(outcomes, relief, settings)
-    outcomes = outcomes.with_columns(pl.col(by).fill_null(NOT_RECORDED))
-    relief = relief.drop(by, strict=False).join(outcomes.select("episode_id", by), on="episode_id", how="inner")
-    return summarise(outcomes, relief, settings, by=[by])
+        frame = condition_summary_from(outcomes, relief, settings)
+    else:
+        outcomes = outcomes.with_columns(pl.col(by).fill_null(NOT_RECORDED))
+        relief = relief.drop(by, strict=False).join(outcomes.select("episode_id", by), on="episode_id", how="inner")
+        frame = summarise(outcomes, relief, settings, by=[by])
+    return frame.to_pandas() if as_pandas else frame
 
 
 def cohort_summary(tables: Tables, as_of: date | str | None = None, settings: Settings | None = None,
@@ -405,9 +414,8 @@ def cohort_summary(tables: Tables, as_of: date | str | None = None, settings: Se
     >>> cohort_summary(tables)                                          # doctest: +SKIP
     >>> cohort_summary(tables, by="chronicity", settings=Settings(min_cell_size=20))  # doctest: +SKIP
     """
-    as_of = resolve_as_of(tables, as_of)
-    frame = summarise_outcomes(cohort_outcomes(_polars(tables), as_of, settings),
-                               cohort_relief(_polars(tables), as_of), settings, by=by)
+    source, as_of = _polars(tables), resolve_as_of(tables, as_of)
+    frame = summarise_outcomes(cohort_outcomes(source, as_of, settings), cohort_relief(source, as_of), settings, by=by)
     return _like(tables, frame)
 
 
@@ -429,11 +437,15 @@ def cohort_trajectories(tables: Tables, as_of: date | str | None = None) -> Fram
 # --------------------------------------------------------------------------------------
 # matplotlib is imported on first use, so that metrics-only users do not pay for it.
 
+def _charts():
+    from pipelines.reports import charts
+
+    return charts
+
+
 def condition_labels(vocabulary_file: str | Path | None = None) -> dict[str, str]:
     """Display names of the condition codes (the vocabulary's ``label`` column), and ALL."""
-    from pipelines.reports.charts import ALL_LABEL
-
-    return {**Vocabulary.load(vocabulary_file).labels, ALL: ALL_LABEL}
+    return {**Vocabulary.load(vocabulary_file).labels, ALL: _charts().ALL_LABEL}
 
 
 def _summary_for(tables: Tables, as_of, settings: Settings, summary: Frame | None) -> pl.DataFrame:
@@ -441,61 +453,57 @@ def _summary_for(tables: Tables, as_of, settings: Settings, summary: Frame | Non
 
 
 def forest_chart(tables: Tables, as_of=None, settings: Settings | None = None, *, summary: Frame | None = None,
-                 labels: dict[str, str] | None = None):
+                 labels: dict[str, str] | None = None) -> "Figure":
     """Mean change with its 95% CI per condition (:func:`pipelines.reports.charts.forest_plot`).
 
-    Pass ``summary`` (from :func:`cohort_summary`) to skip recomputing it.
+    Pass ``summary`` (from :func:`cohort_summary`, same as-of and settings) to skip
+    recomputing it; ``labels`` defaults to :func:`condition_labels`.
 
     >>> fig = forest_chart(select_cohort(tables, chronicity="chronic"))   # doctest: +SKIP
     >>> fig.savefig("forest.png")                                       # doctest: +SKIP
     """
     settings = settings or Settings()
-    from pipelines.reports import charts
-
-    return charts.forest_plot(_summary_for(tables, as_of, settings, summary), labels or condition_labels(),
-                              min_cell_size=settings.min_cell_size)
+    return _charts().forest_plot(_summary_for(tables, as_of, settings, summary), labels or condition_labels(),
+                                 min_cell_size=settings.min_cell_size)
 
 
 def responder_chart(tables: Tables, as_of=None, settings: Settings | None = None, *, summary: Frame | None = None,
-                    labels: dict[str, str] | None = None):
+                    labels: dict[str, str] | None = None) -> "Figure":
     """Responder_30 and responder_50 rates with Wilson 95% CIs per condition (charts.responder_plot)."""
     settings = settings or Settings()
-    from pipelines.reports import charts
-
-    return charts.responder_plot(_summary_for(tables, as_of, settings, summary), labels or condition_labels(),
-                                 min_cell_size=settings.min_cell_size)
+    return _charts().responder_plot(_summary_for(tables, as_of, settings, summary), labels or condition_labels(),
+                                    min_cell_size=settings.min_cell_size)
 
 
 def km_chart(tables: Tables, as_of=None, settings: Settings | None = None, *, summary: Frame | None = None,
              km: Frame | None = None, labels: dict[str, str] | None = None, max_panels: int = 9,
-             max_session: int | None = 20):
+             max_session: int | None = 20) -> "Figure":
     """Share improved by sessions attended, Kaplan-Meier, one panel per condition (charts.km_curves_plot).
 
-    The response threshold drawn is ``settings.response_threshold``.
+    The threshold drawn is ``settings.response_threshold``; ``km`` may be
+    :func:`cohort_km_curves` of the same cohort, as-of and settings.
+
+    >>> km_chart(lbp, as_of="2026-05-31", settings=Settings(response_threshold=50))  # doctest: +SKIP
     """
     settings = settings or Settings()
     km = _to_polars(km) if km is not None else cohort_km_curves(_polars(tables), as_of, settings)
-    from pipelines.reports import charts
-
-    return charts.km_curves_plot(km, _summary_for(tables, as_of, settings, summary), labels or condition_labels(),
-                                 max_panels=max_panels, min_cell_size=settings.min_cell_size,
-                                 max_session=max_session, threshold_pct=settings.response_threshold)
+    return _charts().km_curves_plot(km, _summary_for(tables, as_of, settings, summary), labels or condition_labels(),
+                                    max_panels=max_panels, min_cell_size=settings.min_cell_size,
+                                    max_session=max_session, threshold_pct=settings.response_threshold)
 
 
 def trajectory_chart(tables: Tables, as_of=None, settings: Settings | None = None, *,
                      conditions: list[str] | None = None, labels: dict[str, str] | None = None,
-                     max_session: int = 12):
+                     max_session: int = 12) -> "Figure":
     """Mean pre-session pain by session number with 95% CI (charts.trajectory_plot)."""
     settings = settings or Settings()
-    from pipelines.reports import charts
-
-    return charts.trajectory_plot(cohort_trajectories(_polars(tables), as_of), labels or condition_labels(),
-                                  conditions=conditions, max_session=max_session,
-                                  min_cell_size=settings.min_cell_size)
+    return _charts().trajectory_plot(cohort_trajectories(_polars(tables), as_of), labels or condition_labels(),
+                                     conditions=conditions, max_session=max_session,
+                                     min_cell_size=settings.min_cell_size)
 
 
 def funnel_chart(tables: Tables, as_of=None, settings: Settings | None = None, *, summary: Frame | None = None,
-                 title_suffix: str = ""):
+                 title_suffix: str = "") -> "Figure":
     """Each clinic's responder_30 rate against its n, with 95% / 99.8% limits (charts.funnel_plot).
 
     ``summary`` may be ``cohort_summary(tables, by="clinic_id")``. Clinics with fewer than
@@ -510,7 +518,5 @@ def funnel_chart(tables: Tables, as_of=None, settings: Settings | None = None, *
     points = (per_clinic.filter((pl.col("clinic_id") != ALL) & (pl.col("n_analysed") >= settings.min_cell_size)
                                 & pl.col("responder_30_rate").is_not_null())
               .select("clinic_id", "n_analysed", "responder_30_rate"))
-    from pipelines.reports import charts
-
-    return charts.funnel_plot(points, pooled_rate if pooled_rate is not None else float("nan"), title_suffix,
-                              threshold_pct=settings.responder_30_threshold, min_cell_size=settings.min_cell_size)
+    return _charts().funnel_plot(points, pooled_rate if pooled_rate is not None else float("nan"), title_suffix,
+                                 threshold_pct=settings.responder_30_threshold, min_cell_size=settings.min_cell_size)

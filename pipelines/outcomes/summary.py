@@ -80,9 +80,15 @@ def summarise(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings,
     with a p (suppressed ones included) and the pooled row keeps its p as its q.
     """
     rows: list[dict] = []
+    missing = [c for c in by if c not in relief.columns]
+    if missing:  # e.g. age_band: take each session's group from its episode
+        relief = relief.join(outcomes.select("episode_id", *missing), on="episode_id", how="left")
     empty_relief = relief.clear()
     relief_groups = relief.partition_by(by, as_dict=True) if relief.height else {}
-    for keys, group in sorted(outcomes.partition_by(by, as_dict=True).items()):
+    # groups in sorted order, a missing value (None) last
+    ordered = sorted(outcomes.partition_by(by, as_dict=True).items(),
+                     key=lambda item: tuple((v is None, v if v is not None else "") for v in item[0]))
+    for keys, group in ordered:
         group_relief = relief_groups.get(keys, empty_relief)
         stats_row = group_statistics(group, group_relief, settings, with_p_values)
         rows.append({**dict(zip(by, keys)), **stats_row})

@@ -198,7 +198,7 @@ class PublishedRow:
             return f"fewer than {self.n_text[1:]} patients"
         if self.n_text == "0":
             return "no patients analysed yet"
-        return "not shown (small numbers)"
+        return "hidden to protect a smaller group's count"
 
 
 def suppressed_count_texts(parts: list[int], k: int, total: int | None) -> tuple[list[str], str]:
@@ -752,7 +752,7 @@ def funnel_plot(clinics: pl.DataFrame, pooled_rate: float, title_suffix: str = "
     y_values = list(100 * rate)
     if pooled_ok:
         pooled_pct = _round_pct(pooled_rate)
-        _panel_title(ax, f"Each dot is a clinic ({len(ids)} clinics); the funnel is the range expected by chance "
+        _panel_title(ax, f"Each dot is a clinic ({len(ids)} clinic{'s' if len(ids) != 1 else ''}); the funnel is the range expected by chance "
                          f"around the pooled rate of {pooled_pct}%")
         grid = np.linspace(n_lo, n_hi, 400)
         for z, style, name in ((Z_95, "--", "95%"), (Z_998, ":", "99.8%")):
@@ -769,7 +769,7 @@ def funnel_plot(clinics: pl.DataFrame, pooled_rate: float, title_suffix: str = "
         ax.axhline(100 * pooled_rate, color=PALETTE["overall"], linewidth=1.1)
         ax.text(n_hi, 100 * pooled_rate, " pooled", ha="left", va="center", fontsize=NOTE_SIZE + 0.5)
     else:
-        _panel_title(ax, f"Each dot is a clinic ({len(ids)} clinics); pooled rate not available, so no limits drawn")
+        _panel_title(ax, f"Each dot is a clinic ({len(ids)} clinic{'s' if len(ids) != 1 else ''}); pooled rate not available, so no limits drawn")
     outside = np.array([b == "outside 99.8%" for b in bands])
     ax.scatter(n[~outside], 100 * rate[~outside], s=42, color=PALETTE["clinic"], edgecolor="white", linewidth=0.8,
                zorder=4)

@@ -55,8 +55,11 @@ def render_pdf(content: ReportContent, images: dict[str, bytes], target: Path) -
     def p(text: str, style=body) -> Paragraph:
         return Paragraph(escape(str(text)), style)
 
-    def table(rows: list[list[str]], widths=None, header=True) -> Table:
-        data = [[p(c, cell) for c in row] for row in rows]
+    bold_cell = ParagraphStyle("bold_cell", parent=cell, fontName="Helvetica-Bold")
+
+    def table(rows: list[list[str]], widths=None, header=True, bold_last=False) -> Table:
+        data = [[p(c, bold_cell if bold_last and i == len(rows) - 1 else cell) for c in row]
+                for i, row in enumerate(rows)]
         t = Table(data, colWidths=widths, repeatRows=1 if header else 0)
         style = [("GRID", (0, 0), (-1, -1), 0.25, colors.HexColor("#cccccc")),
                  ("VALIGN", (0, 0), (-1, -1), "TOP"),
@@ -87,7 +90,7 @@ def render_pdf(content: ReportContent, images: dict[str, bytes], target: Path) -
     story += [p("Headline numbers", h2),
               table([["This week", "Now", "Previous week"]]
                     + [[h["label"], h["this_week"], h["last_week"]] for h in content.headline_week],
-                    widths=[8 * cm, 4 * cm, 4 * cm]),
+                    widths=[7 * cm, 3 * cm, 4 * cm, 3 * cm][:1] + [3 * cm, 7 * cm]),
               Spacer(1, 6),
               table([["To date", "Now", "95% interval", "A week earlier"]]
                     + [[r["label"], r["value"], r["interval"], r["last_week"]] for r in content.headline_to_date],
@@ -98,10 +101,13 @@ def render_pdf(content: ReportContent, images: dict[str, bytes], target: Path) -
     cols = ["condition", "episodes", "analysed", "pain_before_after", "mean_change", "responders_30",
             "responders_50", "median_sessions", "improved_by_6", "q_value"]
     heads = ["Condition", "Episodes", "Analysed", "Pain before → after", "Mean fall (points)", "Responders ≥30%",
-             "Responders ≥50%", "Median sessions", "Improved by session 6", "q"]
-    rows = [heads] + [[r[c] for c in cols] for r in content.conditions.iter_rows(named=True)]
-    story.append(table(rows, widths=[3.2 * cm, 1.4 * cm, 1.4 * cm, 1.8 * cm, 2.4 * cm, 2.0 * cm, 2.0 * cm,
-                                     1.8 * cm, 1.4 * cm, 1.0 * cm]))
+             "Responders ≥50%", "Median sessions", "By session 6", "q"]
+    def condition_cell(r: dict) -> str:
+        return f"{r['condition']} ({r['note']})" if r["note"] else r["condition"]
+
+    rows = [heads] + [[condition_cell(r)] + [r[c] for c in cols[1:]] for r in content.conditions.iter_rows(named=True)]
+    story.append(table(rows, widths=[2.9 * cm, 1.3 * cm, 1.3 * cm, 1.8 * cm, 2.2 * cm, 2.0 * cm, 2.0 * cm,
+                                     1.6 * cm, 1.2 * cm, 1.1 * cm], bold_last=True))
     for f in content.figures:
         if f.name in ("funnel", "data_quality"):
             continue

@@ -21,7 +21,7 @@ from pipelines.outcomes.metrics import episode_outcomes, episodes_as_of, numbere
 from pipelines.outcomes.summary import ALL, condition_summary_from, summarise
 from pipelines.outcomes.tables import km_curves, pain_trajectories
 from pipelines.reports import captions, charts
-from pipelines.reports.publish import count_text, publish_summary, suppress_parts
+from pipelines.reports.publish import DASH, count_text, publish_summary, suppress_parts
 from pipelines.settings import Settings
 
 TREND_WEEKS = 12
@@ -145,6 +145,14 @@ def _trend(inputs: ReportInputs, sunday: date) -> pl.DataFrame:
         rows.append({"week": week_label(end), "sessions": counts["sessions"], "new_episodes": counts["new_episodes"],
                      "responders": responders if n >= k else None, "responder_n": n,
                      "responder_rate": rate, "responder_ci_low": low, "responder_ci_high": high})
+    first_referral = inputs.episodes.select(pl.col("referral_date").min()).item() if inputs.episodes.height else None
+    window_start = sunday - timedelta(weeks=TREND_WEEKS) + timedelta(days=1)
+    if first_referral is not None and first_referral >= window_start:
+        # the weekly counts add up to the episodes-to-date total shown in the report
+        cells = suppress_parts([r["new_episodes"] for r in rows], k).parts
+        for row, cell in zip(rows, cells):
+            if cell.state != "shown":
+                row["new_episodes"] = None
     return pl.DataFrame(rows, schema={"week": pl.String, "sessions": pl.Int64, "new_episodes": pl.Int64,
                                       "responders": pl.Int64, "responder_n": pl.Int64, "responder_rate": pl.Float64,
                                       "responder_ci_low": pl.Float64, "responder_ci_high": pl.Float64})
@@ -180,7 +188,9 @@ def _clinics(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings, p
         rows.append({"clinic_id": row["clinic_id"], "analysed": cell.text(k),
                      "responder_30": _pct(row["responder_30_rate"]) if show else "",
                      "interval": _interval(row["responder_30_ci_low"], row["responder_30_ci_high"], pct=True) if show else "",
-                     "position": position if show else "too few patients to compare"})
+                     "position": position if show else (
+                         "too few patients to compare" if cell.state == "primary" or n < k
+                         else "hidden to protect a smaller clinic's count")})
         if show:
             funnel.append({"clinic_id": row["clinic_id"], "n_analysed": n, "responder_30_rate": row["responder_30_rate"]})
     schema = {"clinic_id": pl.String, "n_analysed": pl.Int64, "responder_30_rate": pl.Float64}
@@ -188,7 +198,7 @@ def _clinics(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings, p
             pl.DataFrame(funnel, schema=schema))
 
 
-def _condition_table(published: pl.DataFrame, labels: dict[str, str]) -> pl.DataFrame:
+def _condition_table(published: pl.DataFrame, labels: dict[str, str], k: int) -> pl.DataFrame:
     def fmt(v, digits=1):
         return "" if v is None else f"{v:.{digits}f}"
 
@@ -207,9 +217,17 @@ def _condition_table(published: pl.DataFrame, labels: dict[str, str]) -> pl.Data
             "median_sessions": _median_text(r),
             "improved_by_6": _pct(r["improved_by_session_6"]),
             "q_value": "" if r["q_value"] is None else (f"{r['q_value']:.3f}" if r["q_value"] >= 0.001 else "<0.001"),
-            "note": "fewer than k patients analysed" if r["suppressed"] else "",
+            "note": f"fewer than {k} patients analysed" if r["suppressed"] else (
+                "hidden to protect a smaller group's count" if r["n_analysed"] == DASH else ""),
         })
     return pl.DataFrame(rows)
+
+
+def _median_interval(r: dict) -> str:
+    low, high = r["median_sessions_ci_low"], r["median_sessions_ci_high"]
+    if low is None:
+        return ""
+    return f"{low:.0f}–{high:.0f}" if high is not None else f"{low:.0f}–not reached"
 
 
 def _median_text(r: dict) -> str:
@@ -218,9 +236,7 @@ def _median_text(r: dict) -> str:
     median = r["median_sessions_to_response"]
     if median is None:
         return "not reached"
-    low, high = r["median_sessions_ci_low"], r["median_sessions_ci_high"]
-    bound = f"{low:.0f}–{high:.0f}" if low is not None and high is not None else (
-        f"{low:.0f}–not reached" if low is not None else "")
+    bound = _median_interval(r)
     return f"{median:.0f}" + (f" ({bound})" if bound else "")
 
 
@@ -280,7 +296,7 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
 
     eps_d = episodes_as_of(ep, sunday)
     trajectories = pain_trajectories(session_scores(numbered_sessions(eps_d, se, sunday), ps), eps_d)
-    km = km_curves(outcomes)
+    km = km_curves(outcomes).filter(pl.col("at_risk") >= k)  # no curve over fewer than k patients
     trend = _trend(inputs, sunday)
     pooled_rate = pooled["responder_30_rate"] if pooled and pooled["n_analysed"] >= k else None
     clinics_table, funnel_points = _clinics(outcomes, relief, settings, pooled_rate)
@@ -323,7 +339,7 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
     }
     key_messages = [f.caption for f in figures[:2] if f.caption]
     return ReportContent(week=week, monday=monday, sunday=sunday, settings=settings, headline_week=headline_week,
-                         headline_to_date=headline_to_date, conditions=_condition_table(published, labels),
+                         headline_to_date=headline_to_date, conditions=_condition_table(published, labels, k),
                          summary_csv=summary_csv, clinics=clinics_table, figures=figures, quality=quality,
                          provenance=provenance, key_messages=key_messages)
 
@@ -339,11 +355,19 @@ def _to_date_rows(pooled: dict | None, previous: dict | None, k: int) -> list[di
         return []
     enough = pooled["n_analysed"] >= k
     enough_before = previous is not None and previous["n_analysed"] >= k
+    def before_count(key: str) -> str:
+        # "now" minus "a week earlier" is itself a count: hide the earlier one when it would
+        # give away a number from 1 to k-1 (complementary suppression)
+        if previous is None:
+            return ""
+        difference = abs(pooled[key] - previous[key])
+        return DASH if 1 <= difference < k else count_text(previous[key], k)
+
     rows = [
         {"label": "Episodes of care", "value": count_text(pooled["n_episodes"], k), "interval": "",
-         "last_week": count_text(previous["n_episodes"], k) if previous else ""},
+         "last_week": before_count("n_episodes")},
         {"label": "Episodes analysed (baseline and follow-up pain)", "value": count_text(pooled["n_analysed"], k),
-         "interval": "", "last_week": count_text(previous["n_analysed"], k) if previous else ""},
+         "interval": "", "last_week": before_count("n_analysed")},
     ]
     if enough:
         stat = lambda key, fmt: (fmt(pooled[key]), fmt(previous[key]) if enough_before and previous[key] is not None else "")  # noqa: E731
@@ -355,8 +379,7 @@ def _to_date_rows(pooled: dict | None, previous: dict | None, k: int) -> list[di
             ("Responders: pain down ≥50%", "responder_50_rate", _pct,
              _interval(pooled["responder_50_ci_low"], pooled["responder_50_ci_high"], pct=True)),
             ("Median sessions to a 30% improvement", "median_sessions_to_response",
-             lambda v: "not reached" if v is None else f"{v:.0f}",
-             _interval(pooled["median_sessions_ci_low"], pooled["median_sessions_ci_high"], digits=0)),
+             lambda v: "not reached" if v is None else f"{v:.0f}", _median_interval(pooled)),
         ]:
             value, before = stat(key, fmt)
             rows.append({"label": label, "value": value, "interval": interval, "last_week": before})

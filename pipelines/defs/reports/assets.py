@@ -18,8 +18,8 @@ REPORT_FILES = ("report.html", "report.pdf", "summary.csv")
 def code_version() -> str:
     """Package version and, when run from a git checkout, the commit."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(pipelines.__file__).parent).stdout.strip()
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                                timeout=5, cwd=Path(pipelines.__file__).parent).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"pipelines {pipelines.__version__}" + (f" (git {commit})" if commit else "")

@@ -4,6 +4,7 @@ import hashlib
 import json
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 
@@ -17,7 +18,7 @@ def build_weekly_schedule(job, timezone: str) -> dg.ScheduleDefinition:
                  description="Every Monday at 06:00 (clinic time zone): ingest, outcomes, and last week's report.",
                  default_status=dg.DefaultScheduleStatus.RUNNING)
     def weekly_report_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        today = context.scheduled_execution_time.date()
+        today = context.scheduled_execution_time.astimezone(ZoneInfo(timezone)).date()
         last_week = monday_of(today) - timedelta(days=7)
         return dg.RunRequest(run_key=f"weekly-{last_week.isoformat()}", partition_key=last_week.isoformat())
 
