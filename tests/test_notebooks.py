@@ -22,6 +22,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
+from report_helpers import build_once
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
@@ -36,24 +38,6 @@ TOTAL_BUDGET = 170          # seconds for all notebooks together (they run concu
 N_EPISODES, SEED, TODAY = 3000, 42, "2026-11-27"
 
 
-def _build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> dict:
-    """Run ``build(folder) -> dict`` once per session, across xdist workers (file lock)."""
-    from filelock import FileLock
-
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    folder, done = root / name, root / f"{name}.json"
-    with FileLock(str(root / f"{name}.lock"), timeout=900):
-        if done.is_file():
-            return json.loads(done.read_text())
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        result = build(folder)
-        done.write_text(json.dumps(result))
-        return result
-
-
 def _demo_run(folder: Path) -> dict:
     from pipelines.pipeline import run_pipeline
     from pipelines.synth import generate
@@ -66,7 +50,7 @@ def _demo_run(folder: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def demo_processed(tmp_path_factory) -> Path:
-    run = _build_once(tmp_path_factory, "notebooks_demo_3000", _demo_run)
+    run = build_once(tmp_path_factory, "notebooks_demo_3000", _demo_run)
     assert run["success"], f"the pipeline failed on the demo data: {run['failure']}"
     return Path(run["processed"])
 

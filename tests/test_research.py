@@ -17,6 +17,8 @@ from pathlib import Path
 import pandas as pd
 import polars as pl
 import pytest
+
+from report_helpers import build_once
 from polars.testing import assert_frame_equal
 
 from pipelines import research
@@ -31,24 +33,6 @@ TODAY = "2026-11-27"
 # --------------------------------------------------------------------------------------
 # A pipeline run on synthetic data, once per session
 # --------------------------------------------------------------------------------------
-
-def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> dict:
-    """Run ``build(folder) -> dict`` once per session, across xdist workers (file lock)."""
-    from filelock import FileLock
-
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    folder, done = root / name, root / f"{name}.json"
-    with FileLock(str(root / f"{name}.lock"), timeout=900):
-        if done.is_file():
-            return json.loads(done.read_text())
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        result = build(folder)
-        done.write_text(json.dumps(result))
-        return result
-
 
 def _pipeline_run(folder: Path) -> dict:
     from pipelines.pipeline import run_pipeline
