@@ -21,7 +21,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from pipelines.ingest.spec import IDENTIFIER_COLUMNS, TableSpec, table_for_filename
+from pipelines.ingest.spec import TableSpec, is_identifier_column, table_for_filename
 from pipelines.vocabulary import normalise
 
 BOM = b"\xef\xbb\xbf"
@@ -81,7 +81,7 @@ def _normalise_header(raw_names: list[str], spec: TableSpec) -> tuple[list[str],
     matched: list[str] = []
     extras: list[str] = []
     seen: dict[str, int] = {}
-    identifiers = [n for n in raw_names if normalise(n) in IDENTIFIER_COLUMNS]
+    identifiers = [n for n in raw_names if is_identifier_column(normalise(n))]
     if identifiers:
         shown = ", ".join(repr(n.strip()) for n in identifiers)
         raise RefusedFile(

@@ -12,7 +12,26 @@ IDENTIFIER_COLUMNS = frozenset({
     "postal_code", "zip", "zip_code", "dob", "date_of_birth", "birth_date", "birthdate",
     "ssn", "social_security_number", "mrn", "medical_record_number", "insurance_number",
     "insurance_id", "nhs_number",
+    # beyond CONTRACT.md's minimum list: common spellings seen in clinic systems
+    "nhs_no", "zipcode", "e_mail_address", "cellphone", "passport_number",
 })
+
+
+def is_identifier_column(normalised: str) -> bool:
+    """A column names a direct identifier when its name, or any run of its words (also with
+    the words run together: post_code -> postcode), is a listed identifier: phone_number,
+    patient_first_name, home_address, email_address. ``name`` alone counts only as the
+    whole column name (condition_name is not an identifier)."""
+    words = [w for w in normalised.split("_") if w]
+    for start in range(len(words)):
+        for end in range(start + 1, len(words) + 1):
+            run = words[start:end]
+            for candidate in ("_".join(run), "".join(run)):
+                if candidate == "name" and len(words) > 1:
+                    continue
+                if candidate in IDENTIFIER_COLUMNS:
+                    return True
+    return False
 
 #: id columns whose values must not look like an e-mail address or a phone number.
 ID_COLUMNS = ("episode_id", "patient_id", "clinic_id", "session_id", "therapist_id")
