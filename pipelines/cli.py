@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         return _synth(args)
     except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
+        print(INTERRUPTED if args.command == "run" else "outcomes: interrupted", file=sys.stderr)
         return 130
     finally:
         if previous is not None:

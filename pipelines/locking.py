@@ -14,9 +14,10 @@ of the same name); its content is only a description of the current holder, and 
 crash it still names the dead run until the next run overwrites it. The lock is the
 ``flock``, not the content.
 
-Locks are re-entrant within one process: ``outcomes run`` takes the lock before it
+Locks are re-entrant within one thread: ``outcomes run`` takes the lock before it
 imports Dagster (so that a refusal is immediate) and ``run_pipeline`` takes it again;
-the inner acquisition only counts.
+the inner acquisition only counts. Another thread of the same process opens the lock file
+again and so waits like another process would (``flock`` locks belong to open files).
 
 Limits: ``flock`` is advisory (it stops other runs of this code, not other programs) and
 is not reliable on some network file systems (old NFS); keep the processed folder on a
@@ -45,7 +46,7 @@ LOCK_NAME = ".outcomes.lock"
 EX_TEMPFAIL = 75
 POLL_SECONDS = 0.2
 
-_held: dict[str, list] = {}  # resolved lock path -> [fd, depth] for locks this process holds
+_held: dict[str, list] = {}  # resolved lock path -> [fd, depth, thread id] for locks this process holds
 _held_guard = threading.Lock()
 
 
@@ -143,12 +144,11 @@ def folder_lock(folder: str | Path, wait: float = 0.0, command: str | None = Non
     folder.mkdir(parents=True, exist_ok=True)
     path = lock_path(folder)
     key = str(path.resolve())
+    me = threading.get_ident()
     with _held_guard:
-        if key in _held:
+        reentered = key in _held and _held[key][2] == me
+        if reentered:
             _held[key][1] += 1
-            reentered = True
-        else:
-            reentered = False
     if reentered:
         try:
             yield path
@@ -177,7 +177,7 @@ def folder_lock(folder: str | Path, wait: float = 0.0, command: str | None = Non
             time.sleep(min(POLL_SECONDS, max(wait - waited, 0.01)))
         _describe_self(fd, command)
         with _held_guard:
-            _held[key] = [fd, 1]
+            _held[key] = [fd, 1, me]
         try:
             yield path
         finally:
@@ -210,6 +210,7 @@ def run_lock(*folders: str | Path, wait: float = 0.0, command: str | None = None
 
 
 def holds_lock(folder: str | Path) -> bool:
-    """True if this process holds the run lock of ``folder``."""
+    """True if this thread holds the run lock of ``folder``."""
     with _held_guard:
-        return str(lock_path(folder).resolve()) in _held
+        held = _held.get(str(lock_path(folder).resolve()))
+        return held is not None and held[2] == threading.get_ident()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from datetime import date
@@ -153,6 +154,7 @@ def _run_locked(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: st
         staged_config = run_config(raw_dir, staging, reports_dir, as_of, today, settings, vocabulary_file, progress)
         staged_config["resources"]["paths"]["config"]["processed_dir"] = str(processed_dir)
         defs = make_definitions(settings)
+        _announce(progress, "outcomes_job: ingest and outcome tables")
         result = defs.resolve_job_def("outcomes_job").execute_in_process(
             run_config=staged_config, instance=instance, raise_on_error=False)
         outcome = RunOutcome(success=result.success, run_id=result.run_id, processed_dir=processed_dir,
@@ -171,6 +173,7 @@ def _run_locked(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: st
     as_of_day = date.fromisoformat(outcome.as_of)
     start = min(first_week(processed_dir), monday_of(as_of_day))
     defs = make_definitions(settings, start=start)
+    _announce(progress, f"weekly_report_job: report for {week_label(as_of_day)}")
     report = defs.resolve_job_def("weekly_report_job").execute_in_process(
         run_config=config, instance=instance, raise_on_error=False,
         partition_key=monday_of(as_of_day).isoformat(), asset_selection=[dg.AssetKey("weekly_report")])
@@ -182,6 +185,12 @@ def _run_locked(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: st
         outcome.failure = _failure(report)
         outcome.interrupted = _interrupted(report)
     return outcome
+
+
+def _announce(progress: bool, text: str) -> None:
+    """A progress line on stderr when a job starts (the steps print theirs when they finish)."""
+    if progress:
+        print(f"  run   {text}", file=sys.stderr, flush=True)
 
 
 def _publish_tables(staging: Path, processed_dir: Path) -> None:

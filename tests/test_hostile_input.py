@@ -76,10 +76,10 @@ def assert_valid_rows_accepted(res) -> None:
 @pytest.fixture(scope="session")
 def child_env(tmp_path_factory) -> dict[str, str]:
     base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    session = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(root / "reliability-pycache")
+    env["PYTHONPYCACHEPREFIX"] = str(session.parent / "outcomes-test-pycache")  # as in test_reliability
     return env
 
 
@@ -126,34 +126,59 @@ def ingest_in_child(raw: Path, env: dict, timeout: float = 300) -> tuple[dict, i
 # huge input
 # --------------------------------------------------------------------------------------
 
-def test_100mb_lines_are_refused_in_bounded_memory_and_the_rest_runs(tmp_path, child_env, record_property):
-    raw = tmp_path / "raw"
+HUGE_ROW = "sessions_2026-02-huge-row.csv"
+ONE_LINE = "sessions_2026-02-one-line.csv"
+
+
+@pytest.fixture(scope="module")
+def huge_lines(tmp_path_factory, child_env) -> tuple[dict, int, float]:
+    """Ingest, in a subprocess, the valid exports plus a 100 MB data row (one giant
+    therapist_id) and a file that is a single 100 MB line (no newline at all)."""
+    raw = tmp_path_factory.mktemp("huge") / "raw"
     write_valid(raw)
-    # a data row of 100 MB (one giant therapist_id), and a file that is one 100 MB line (no newline)
-    with open(raw / "sessions_2026-02-huge-row.csv", "wb") as fh:
+    with open(raw / HUGE_ROW, "wb") as fh:
         fh.write(SESSIONS_HEADER.encode())
         fh.write(b"S9,E1,")
-        chunk = b"T" * MB
         for _ in range(100):
-            fh.write(chunk)
+            fh.write(b"T" * MB)
         fh.write(b",2026-01-20,45\n")
-    with open(raw / "sessions_2026-02-one-line.csv", "wb") as fh:
+    with open(raw / ONE_LINE, "wb") as fh:
         fh.write(b"session_id,")
         for _ in range(100):
             fh.write(b"x" * MB)
     result, peak, seconds = ingest_in_child(raw, child_env)
+    for path in raw.iterdir():
+        path.unlink()
+    return result, peak, seconds
+
+
+def test_100mb_lines_run_in_bounded_memory_and_the_rest_is_accepted(huge_lines, record_property):
+    result, peak, seconds = huge_lines
     record_property("peak_rss_mb", round(peak / MB))
     record_property("seconds", round(seconds, 1))
     print(f"100 MB lines: peak RSS {peak / MB:,.0f} MB, {seconds:.1f}s")
-    print(json.dumps([r for r in result["audit"] if "2026-02" in r["source_file"]], indent=1)[:3000])
+    assert peak < MEMORY_BOUND, f"peak RSS {peak / MB:,.0f} MB"
     audit = {r["source_file"]: r for r in result["audit"]}
-    for name in ("sessions_2026-02-huge-row.csv", "sessions_2026-02-one-line.csv"):
-        row = audit[name]
-        assert row["status"] == "refused" and row["rows_read"] == 0, row
-        assert_clear_reason(row["reason"])
+    one_line = audit[ONE_LINE]
+    assert one_line["status"] == "refused" and one_line["rows_read"] == 0, one_line
+    assert_clear_reason(one_line["reason"])
+    assert "header" in one_line["reason"], one_line
     for table, n in VALID_ACCEPTED.items():
         assert sum(1 for f in result["accepted"][table] if f in VALID) == n, table
-    assert peak < MEMORY_BOUND, f"peak RSS {peak / MB:,.0f} MB"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "needs an ingest change: a 100 MB therapist_id is accepted into sessions.parquet. "
+    "pipelines/ingest/validate.py check_rows (rule 2): reject a row with a cell longer than a "
+    "limit (e.g. 1,000 characters) with '<column>: value is N characters long (at most 1000)', "
+    "truncating the stored raw copy; and pipelines/ingest/reader.py read_csv: refuse before "
+    "reading a file larger than a configurable limit (files are read whole: this 100 MB row "
+    "alone takes the ingest to 1.2 GB peak RSS)"))
+def test_a_100mb_row_is_not_accepted(huge_lines):
+    result, _peak, _seconds = huge_lines
+    row = {r["source_file"]: r for r in result["audit"]}[HUGE_ROW]
+    assert row["accepted"] == 0, row
+    assert row["status"] == "refused" or row["rejected"] == 1, row
 
 
 def _wide(n_columns: int, with_required: bool = True) -> str:
@@ -299,7 +324,7 @@ def test_a_named_pipe_named_sessions_csv_does_not_hang_the_run(tmp_path):
     result: dict = {}
     thread = threading.Thread(target=lambda: result.setdefault("res", ingest_folder(raw, TODAY)), daemon=True)
     thread.start()
-    thread.join(timeout=20)
+    thread.join(timeout=10)  # a few small files: well under a second normally
     hung = thread.is_alive()
     if hung:  # release the reader: open the write end and close it (EOF)
         fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
@@ -428,13 +453,6 @@ IDENTIFIER_VARIANTS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "recommended ingest change: realistic identifier headers outside CONTRACT's minimum list "
-    "('Phone Number', 'Email Address', 'Post Code', 'NHS No', ...) are only ignored as extra columns. "
-    "pipelines/ingest/reader.py _normalise_header: also refuse a column when a run of its "
-    "normalised words is a listed identifier (phone_number -> phone, patient_first_name -> first_name; "
-    "'name' alone only as the whole name), joined words count too (post_code -> postcode), and add "
-    "'nhs_no', 'zipcode' to IDENTIFIER_COLUMNS (pipelines/ingest/spec.py)"))
 @pytest.mark.parametrize("column", list(IDENTIFIER_VARIANTS))
 def test_realistic_variants_of_identifier_headers_are_refused(tmp_path, column):
     raw = tmp_path / "raw"
@@ -560,10 +578,10 @@ def privacy_run(tmp_path_factory):
 
 def test_free_text_names_and_identifier_values_never_reach_outputs_or_run_records(privacy_run):
     base = privacy_run
-    assert len(_found_in(base / "raw", [FREE_TEXT[:20], NAME_MARKER, EMAIL_MARKER])) == 3  # the search works
+    markers = [FREE_TEXT[:20], NAME_MARKER, EMAIL_MARKER]
+    assert {h.split(": ", 1)[1] for h in _found_in(base / "raw", markers)} == set(markers)  # the search works
     audit = pl.read_csv(base / "processed" / "ingest_audit.csv")
     assert audit.filter(pl.col("source_file") == "episodes_2026-10-names.csv")["status"].item() == "refused"
-    markers = [FREE_TEXT[:20], NAME_MARKER, EMAIL_MARKER]
     hits = []
     for folder in ("processed", "reports", "dagster_home"):
         found = _found_in(base / folder, markers)

@@ -1,11 +1,14 @@
 """Reliability of `outcomes run` (issue 7): crashes, concurrent runs, idempotence.
 
 The expensive tests run the real command as a subprocess, the way an operator or cron
-does. They share one Python bytecode cache (``PYTHONPYCACHEPREFIX`` in the session's temp
-folder), because this environment sets PYTHONDONTWRITEBYTECODE and every subprocess would
-otherwise compile Dagster, polars, scipy and matplotlib from source again. PDFs are made
+does. They share one Python bytecode cache (``PYTHONPYCACHEPREFIX`` beside pytest's temp
+folders, kept between sessions), because this environment sets PYTHONDONTWRITEBYTECODE and
+every subprocess would otherwise compile Dagster, polars, scipy and matplotlib from source
+again (about 15 s per process). PDFs are made
 byte-reproducible with ``SOURCE_DATE_EPOCH`` (reportlab then writes a fixed creation date
-and document id), so whole report folders can be compared byte for byte.
+and document id), so whole report folders can be compared byte for byte; ``GIT_DIR`` points at an empty
+folder so that the report's code version does not change when someone commits or edits a
+file while the tests run.
 
 Kill points are chosen at stage boundaries by reading the progress lines `outcomes run`
 prints on stderr, plus a random delay; the random seed is in every assertion message and
@@ -23,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date
@@ -46,7 +50,14 @@ OUTCOMES = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable
 # helpers
 # --------------------------------------------------------------------------------------
 
-def _shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pycache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bytecode cache kept across sessions in pytest's per-user temp root (mode 0700)."""
+    base = tmp_path_factory.getbasetemp()
+    session = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return session.parent / "outcomes-test-pycache"
+
+
+def _shared_root_for(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
@@ -58,8 +69,13 @@ def cli_env(tmp_path_factory) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("DAGSTER_HOME", None)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(_shared_root(tmp_path_factory) / "reliability-pycache")
+    env["PYTHONPYCACHEPREFIX"] = str(pycache_dir(tmp_path_factory))
     env["SOURCE_DATE_EPOCH"] = SOURCE_DATE_EPOCH
+    # the report's provenance names the git commit and whether the checkout is dirty; others
+    # commit and edit while these tests run, so the subprocesses see no repository at all
+    no_git = _shared_root_for(tmp_path_factory) / "no-git-repository"
+    no_git.mkdir(exist_ok=True)
+    env["GIT_DIR"] = str(no_git)
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("OUTCOMES_FIRST_WEEK", None)
     return env
@@ -238,9 +254,9 @@ def tiny_raw(raw: Path) -> Path:
 
 KILL_POINTS = [
     # (name, raw folder, stderr line to wait for, random delay after it in seconds)
-    ("early: while loading and ingesting, inputs unchanged", "raw", "outcomes run:", (0.3, 4.0)),
+    ("early: during ingest, inputs unchanged", "raw", "  run   outcomes_job", (0.0, 1.5)),
     ("mid: after ingest, during the outcome tables, one export added", "raw_new", "  ok    ingest", (0.0, 2.5)),
-    ("late: during the weekly report, one export added", "raw_new", "  ok    km_curves", (1.0, 8.0)),
+    ("late: during the weekly report, one export added", "raw_new", "  run   weekly_report_job", (0.5, 6.0)),
 ]
 
 
@@ -318,27 +334,6 @@ def test_sigkill_at_random_points_leaves_old_or_new_outputs_and_a_rerun_matches(
     assert (work / "processed" / LOCK_NAME).read_text() == "", "a finished run leaves an empty lock file"
 
 
-def test_sigterm_stops_the_run_cleanly(tmp_path, cli_env):
-    """SIGTERM (systemd, docker stop, kill) is handled like Ctrl-C (as Dagster does): exit
-    status 130, nothing half-written, no temporary file or staging folder left behind."""
-    raw = tiny_raw(tmp_path / "raw")
-    out = tmp_path / "out"
-    proc = start_run(cli_env, tmp_path, "term", raw, out)
-    assert proc.wait_for("  ok    ingest")
-    time.sleep(0.5)
-    proc.popen.send_signal(signal.SIGTERM)
-    code = proc.wait()
-    err = proc.stderr()
-    if "Run finished" in proc.stdout() and code == 0:
-        pytest.skip("the run finished before SIGTERM arrived")
-    assert code == 130, err[-3000:]
-    assert "outcomes: interrupted" in err
-    snap = snapshot(out)
-    assert not snap.leftovers and not snap.unexpected and not snap.unreadable, snap
-    for week in snap.reports.values():
-        assert {"report.html", "report.pdf", "summary.csv"} <= set(week)
-
-
 # --------------------------------------------------------------------------------------
 # 2. idempotence
 # --------------------------------------------------------------------------------------
@@ -385,42 +380,6 @@ def test_reingesting_a_copy_of_an_export_changes_no_accepted_row(tmp_path):
 # 3. concurrent runs
 # --------------------------------------------------------------------------------------
 
-def test_second_run_is_refused_or_waits_and_two_runs_give_identical_outputs(tmp_path, cli_env):
-    raw = tiny_raw(tmp_path / "raw")
-    out = tmp_path / "out"
-    first = start_run(cli_env, tmp_path, "first", raw, out)
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while read_holder(out / "processed").pid != first.pid:
-        assert first.popen.poll() is None, f"first run ended early:\n{first.stderr()[-3000:]}"
-        assert time.monotonic() < deadline, "the first run never took the lock"
-        time.sleep(0.05)
-    started_text = read_holder(out / "processed").started
-
-    refused = start_run(cli_env, tmp_path, "refused", raw, out)
-    assert refused.wait(timeout=120) == EX_TEMPFAIL, refused.stderr()
-    message = refused.stderr().strip()
-    assert len(message.splitlines()) == 1, message
-    assert f"pid {first.pid}" in message and "in use" in message and "--wait" in message, message
-    assert started_text[:10] in message, message  # the start time (date part, at least)
-    assert not refused.stdout().strip()
-
-    waiter = start_run(cli_env, tmp_path, "waiter", raw, out, "--wait", "600")
-    assert waiter.wait_for(f"pid {first.pid}"), waiter.stderr()  # "... in use by ...; waiting up to 600s"
-    assert "waiting up to 600s" in waiter.stderr()
-    assert waiter.popen.poll() is None, "the waiting run should still be waiting"
-    run_ok(first)
-    first_outputs = snapshot(out)
-    run_ok(waiter)
-    second_outputs = snapshot(out)
-    assert "Run finished" in waiter.stdout()
-    for snap in (first_outputs, second_outputs):
-        assert snap.tables and snap.reports and not snap.unexpected and not snap.unreadable, snap
-    # idempotence: the second run over the same inputs gives byte-identical tables and report
-    assert second_outputs.tables == first_outputs.tables
-    assert second_outputs.reports == first_outputs.reports
-    assert not second_outputs.leftovers
-
-
 HOLDER = """
 import sys, time
 from pipelines.locking import run_lock
@@ -459,8 +418,21 @@ def test_wait_gives_up_after_its_timeout_with_exit_75(tmp_path, cli_env):
 def test_lock_is_reentrant_names_its_holder_and_blocks_run_pipeline(tmp_path, cli_env):
     processed, reports = tmp_path / "p", tmp_path / "q"
     with run_lock(processed, reports, processed, command="outer"):
-        with run_lock(processed, command="inner"):  # re-entrant within a process
+        with run_lock(processed, command="inner"):  # re-entrant within a thread
             assert holds_lock(processed)
+        other: list = []
+
+        def from_another_thread() -> None:  # ... but not for another thread of the process
+            try:
+                with folder_lock(processed):
+                    other.append("acquired")
+            except RunLocked as exc:
+                other.append(exc)
+
+        thread = threading.Thread(target=from_another_thread)
+        thread.start()
+        thread.join(timeout=60)
+        assert len(other) == 1 and isinstance(other[0], RunLocked), other
         assert holds_lock(processed) and holds_lock(reports)
         info = json.loads((processed / LOCK_NAME).read_text())
         assert info["pid"] == os.getpid() and info["command"] == "outer" and info["started"]
@@ -476,6 +448,22 @@ def test_lock_is_reentrant_names_its_holder_and_blocks_run_pipeline(tmp_path, cl
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_failed_run_publishes_no_table_and_leaves_no_staging(tmp_path):
+    """The outcomes job fails (here: its vocabulary file is missing, so ingest raises):
+    the previous tables stay exactly as they were and the summary says so."""
+    raw = tiny_raw(tmp_path / "raw")
+    processed, reports = tmp_path / "p", tmp_path / "q"
+    processed.mkdir()
+    previous = {name: f"previous {name}".encode() for name in ("episodes.parquet", "ingest_audit.csv")}
+    for name, data in previous.items():
+        (processed / name).write_bytes(data)
+    outcome = run_pipeline(raw, processed, reports, today=TODAY, vocabulary_file=tmp_path / "missing.csv")
+    assert not outcome.success and not outcome.tables_published and "ingest" in outcome.failure, outcome
+    assert {p.name: p.read_bytes() for p in processed.iterdir() if p.is_file() and p.name != LOCK_NAME} == previous
+    assert not [p for p in processed.iterdir() if p.name.startswith(".outcomes-run")], "staging folder left"
+    assert "left as they were" in outcome.summary_text(0.0)
 
 
 def test_leftovers_of_killed_runs_are_removed_and_a_half_swapped_report_is_restored(tmp_path):
@@ -506,3 +494,65 @@ def test_leftovers_of_killed_runs_are_removed_and_a_half_swapped_report_is_resto
     assert (processed / "episodes.parquet").read_bytes() == b"published"
     assert sorted(p.name for p in weekly.iterdir()) == ["2026-W46", "2026-W47"], done
     assert (weekly / "2026-W47" / "report.html").read_text() == "W47"
+
+
+# --------------------------------------------------------------------------------------
+# the slower subprocess tests last: xdist queues the next tests of a worker behind the
+# crash test, so those should be the quick ones
+# --------------------------------------------------------------------------------------
+
+def test_sigterm_stops_the_run_cleanly(tmp_path, cli_env):
+    """SIGTERM (systemd, docker stop, kill) is handled like Ctrl-C (as Dagster does): exit
+    status 130, nothing half-written, no temporary file or staging folder left behind."""
+    raw = tiny_raw(tmp_path / "raw")
+    out = tmp_path / "out"
+    proc = start_run(cli_env, tmp_path, "term", raw, out)
+    assert proc.wait_for("  ok    ingest")
+    time.sleep(0.5)
+    proc.popen.send_signal(signal.SIGTERM)
+    code = proc.wait()
+    err = proc.stderr()
+    if "Run finished" in proc.stdout() and code == 0:
+        pytest.skip("the run finished before SIGTERM arrived")
+    assert code == 130, err[-3000:]
+    assert "outcomes: interrupted" in err
+    snap = snapshot(out)
+    assert not snap.leftovers and not snap.unexpected and not snap.unreadable, snap
+    for week in snap.reports.values():
+        assert {"report.html", "report.pdf", "summary.csv"} <= set(week)
+
+
+def test_second_run_is_refused_or_waits_and_two_runs_give_identical_outputs(tmp_path, cli_env):
+    raw = tiny_raw(tmp_path / "raw")
+    out = tmp_path / "out"
+    first = start_run(cli_env, tmp_path, "first", raw, out)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while read_holder(out / "processed").pid != first.pid:
+        assert first.popen.poll() is None, f"first run ended early:\n{first.stderr()[-3000:]}"
+        assert time.monotonic() < deadline, "the first run never took the lock"
+        time.sleep(0.05)
+    started_text = read_holder(out / "processed").started
+
+    refused = start_run(cli_env, tmp_path, "refused", raw, out)
+    assert refused.wait(timeout=120) == EX_TEMPFAIL, refused.stderr()
+    message = refused.stderr().strip()
+    assert len(message.splitlines()) == 1, message
+    assert f"pid {first.pid}" in message and "in use" in message and "--wait" in message, message
+    assert started_text[:10] in message, message  # the start time (date part, at least)
+    assert not refused.stdout().strip()
+
+    waiter = start_run(cli_env, tmp_path, "waiter", raw, out, "--wait", "600")
+    assert waiter.wait_for(f"pid {first.pid}"), waiter.stderr()  # "... in use by ...; waiting up to 600s"
+    assert "waiting up to 600s" in waiter.stderr()
+    assert waiter.popen.poll() is None, "the waiting run should still be waiting"
+    run_ok(first)
+    first_outputs = snapshot(out)
+    run_ok(waiter)
+    second_outputs = snapshot(out)
+    assert "Run finished" in waiter.stdout()
+    for snap in (first_outputs, second_outputs):
+        assert snap.tables and snap.reports and not snap.unexpected and not snap.unreadable, snap
+    # idempotence: the second run over the same inputs gives byte-identical tables and report
+    assert second_outputs.tables == first_outputs.tables
+    assert second_outputs.reports == first_outputs.reports
+    assert not second_outputs.leftovers
