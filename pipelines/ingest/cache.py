@@ -24,7 +24,7 @@ import polars as pl
 
 from pipelines.io import atomic_path
 
-RULES_VERSION = "1"
+RULES_VERSION = "2"
 
 
 class IngestCache:

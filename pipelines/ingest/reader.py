@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,31 @@ BOM = b"\xef\xbb\xbf"
 
 class RefusedFile(Exception):
     """A whole file refused under rule 1; the message is the reason."""
+
+
+#: files are read whole; a bigger one is refused before reading (OUTCOMES_MAX_FILE_MB)
+MAX_FILE_BYTES = int(float(os.environ.get("OUTCOMES_MAX_FILE_MB", "4096")) * 1024 * 1024)
+#: the audit names at most this many extra columns
+MAX_LISTED_COLUMNS = 10
+
+
+def read_stable(path: Path) -> bytes:
+    """The file's bytes, refusing anything but a regular file, an oversized file, or a file
+    that changed while it was read (an export still being written)."""
+    try:
+        before = os.stat(path)
+    except OSError as exc:
+        raise RefusedFile(f"cannot be opened: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(before.st_mode):
+        raise RefusedFile("not a regular file (a pipe, device or folder named like an export)")
+    if before.st_size > MAX_FILE_BYTES:
+        raise RefusedFile(f"file is {before.st_size / 2**20:,.0f} MB, above the limit of "
+                          f"{MAX_FILE_BYTES / 2**20:,.0f} MB (OUTCOMES_MAX_FILE_MB); split the export")
+    data = path.read_bytes()
+    after = os.stat(path)
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(data) != after.st_size:
+        raise RefusedFile("changed while it was being read (still being written?); it will be read on the next run")
+    return data
 
 
 @dataclass(frozen=True)
@@ -83,7 +109,9 @@ def _normalise_header(raw_names: list[str], spec: TableSpec) -> tuple[list[str],
     seen: dict[str, int] = {}
     identifiers = [n for n in raw_names if is_identifier_column(normalise(n))]
     if identifiers:
-        shown = ", ".join(repr(n.strip()) for n in identifiers)
+        shown = ", ".join(repr(n.strip()[:60]) for n in identifiers[:MAX_LISTED_COLUMNS])
+        if len(identifiers) > MAX_LISTED_COLUMNS:
+            shown += f" and {len(identifiers) - MAX_LISTED_COLUMNS} more"
         raise RefusedFile(
             f"column {shown} names a direct identifier; remove it from the export "
             "(the pipeline must not receive names, contact details, dates of birth or record numbers)")
@@ -96,12 +124,16 @@ def _normalise_header(raw_names: list[str], spec: TableSpec) -> tuple[list[str],
             matched.append(name)
         else:
             matched.append("")
-            extras.append(raw.strip() or f"(unnamed column {position + 1})")
+            if len(extras) < MAX_LISTED_COLUMNS:
+                extras.append(raw.strip()[:60] or f"(unnamed column {position + 1})")
+            elif len(extras) == MAX_LISTED_COLUMNS:
+                extras.append(f"and {len(raw_names) - position} more")
     missing = [c for c in spec.required_in_file if c not in matched]
     if missing:
-        raise RefusedFile(
-            f"required column(s) missing: {', '.join(missing)} "
-            f"(header has: {', '.join(n.strip() for n in raw_names)})")
+        header = ", ".join(n.strip()[:60] for n in raw_names[:MAX_LISTED_COLUMNS])
+        if len(raw_names) > MAX_LISTED_COLUMNS:
+            header += f", ... ({len(raw_names)} columns)"
+        raise RefusedFile(f"required column(s) missing: {', '.join(missing)} (header has: {header})")
     return matched, extras
 
 
@@ -124,13 +156,15 @@ def _header(data: bytes) -> list[str]:
 
 
 def read_csv(path: Path, spec: TableSpec) -> ReadFile:
-    data = path.read_bytes()
+    data = read_stable(path)
     digest = hashlib.sha256(data).hexdigest()
     if data.startswith(BOM):
         data = data[len(BOM):]
     if not data.strip():
         raise RefusedFile("file is empty (no header row)")
     _check_utf8(data)
+    if b"\x00" in data:
+        raise RefusedFile("contains NUL bytes: a binary or damaged file, not a CSV export")
     if data.count(b'"') % 2:
         raise RefusedFile("broken quoting: a double quote is never closed; check quoted fields")
     raw_names = _header(data)
@@ -200,7 +234,7 @@ def _ragged_rows(bad: list[tuple[int, int, str]], names: list[str], matched: lis
 
 
 def read_parquet(path: Path, spec: TableSpec) -> ReadFile:
-    data = path.read_bytes()
+    data = read_stable(path)
     try:
         frame = pl.read_parquet(io.BytesIO(data))
     except Exception as exc:  # noqa: BLE001 - any unreadable file is refused with its reason

@@ -16,6 +16,9 @@ from pipelines.ingest.spec import ID_COLUMNS, Column, TableSpec
 from pipelines.vocabulary import Vocabulary, normalise_expr
 
 _ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"
+#: no contract value is longer; a longer cell rejects its row and is stored shortened
+MAX_CELL_CHARS = 1000
+STORED_CELL_CHARS = 200
 _INTEGER = r"^[+-]?\d+(\.0*)?$"
 
 
@@ -23,6 +26,12 @@ def _shown(col: str) -> pl.Expr:
     """The raw value for a reason text: identifier-looking values masked, long ones shortened."""
     value = mask_expr(pl.col(col))
     return pl.when(value.str.len_chars() > 40).then(value.str.slice(0, 37) + "...").otherwise(value)
+
+
+def _stored(col: str) -> pl.Expr:
+    value = mask_expr(pl.col(col))
+    return pl.when(value.str.len_chars() > STORED_CELL_CHARS).then(
+        value.str.slice(0, STORED_CELL_CHARS) + "…").otherwise(value)
 
 
 def _quoted(col: str) -> pl.Expr:
@@ -70,10 +79,13 @@ def _column_rules(column: Column, vocabulary: Vocabulary) -> tuple[pl.Expr, list
     raw = pl.col(name)
     present = raw.is_not_null()
     reasons: list[pl.Expr] = []
+    reasons.append(_reason(raw.str.len_chars() > MAX_CELL_CHARS,
+                           f"{name}: value is longer than {MAX_CELL_CHARS} characters"))
     if column.required:
         reasons.append(_reason(~present, f"{name}: required value is missing"))
     if column.kind in ("id", "text"):
-        typed = raw
+        # an identifier-looking id rejects its row anyway; keep only its mask, even in caches
+        typed = mask_expr(raw) if name in ID_COLUMNS else raw
         if name in ID_COLUMNS:
             reasons.append(_reason(looks_like_email(raw),
                                    f"{name}: value looks like an e-mail address (masked), use a pseudonym"))
@@ -142,7 +154,9 @@ def check_rows(frame: pl.DataFrame, spec: TableSpec, vocabulary: Vocabulary) -> 
     rules.extend(_table_rules(spec))
     # flags are evaluated on the raw frame; texts later on the failing rows' raw values
     flags = [cond.alias(f"_flag{i}") for i, (cond, _) in enumerate(rules)]
-    raw_cols = [pl.col(c).alias(f"raw_{c}") for c in spec.names]
+    # the raw values kept for reasons and rejected rows: identifier-looking values masked,
+    # overlong ones shortened (they are stored in the ingest cache and rejected_rows.csv)
+    raw_cols = [_stored(c).alias(f"raw_{c}") for c in spec.names]
     carried = [c for c in ("source_file", "file_idx", "_part") if c in frame.columns]
     flagged = frame.select(pl.col("line"), *carried, *raw_cols, *typed, *flags)
     text_rules = [(pl.col(f"_flag{i}"), text) for i, (_, text) in enumerate(rules)]
