@@ -298,6 +298,19 @@ def _withheld_note(ax, y: float, text: str) -> None:
             color=PALETTE["muted"])
 
 
+def _row_labels(ax, rows, ordered, pooled, ys: dict, header: str) -> None:
+    """One y tick per condition row (ALL in bold at the bottom) and the value column's header."""
+    if not rows and pooled is None:
+        _empty(ax, "No patients analysed yet")
+        ax.set_yticks([])
+        return
+    all_rows = ordered + ([pooled] if pooled is not None else [])
+    ax.set_yticks([ys[r.code] for r in all_rows], [r.display for r in all_rows])
+    if pooled is not None:
+        ax.get_yticklabels()[-1].set_fontweight("bold")
+    _column_header(ax, max(ys.values()), header)
+
+
 def _row_layout(rows: list[PublishedRow], pooled: PublishedRow | None, drawn: list[PublishedRow]):
     """y positions: drawn rows top-down, then withheld rows, a gap, then ALL at the bottom."""
     withheld = [r for r in rows if r not in drawn]
@@ -361,15 +374,7 @@ def forest_plot(summary: pl.DataFrame, labels: dict[str, str], *, min_cell_size:
         else:
             _withheld_note(ax, y, pooled.withheld_text)
         ax.axhline(0.7, color="#BBBBBB", linewidth=0.8)
-    if not rows and pooled is None:
-        _empty(ax, "No patients analysed yet")
-        ax.set_yticks([])
-    else:
-        all_rows = ordered + ([pooled] if pooled is not None else [])
-        ax.set_yticks([ys[r.code] for r in all_rows], [r.display for r in all_rows])
-        if pooled is not None:
-            ax.get_yticklabels()[-1].set_fontweight("bold")
-        _column_header(ax, max(ys.values()), "Mean (95% CI)")
+    _row_labels(ax, rows, ordered, pooled, ys, "Mean (95% CI)")
     ax.axvline(0, color="#333333", linewidth=1.0, zorder=1)
     lo_x, hi_x = min(xs), max(xs)
     pad = max(0.25, 0.08 * (hi_x - lo_x))
@@ -655,15 +660,7 @@ def responder_plot(summary: pl.DataFrame, labels: dict[str, str], *, min_cell_si
             _withheld_note(ax, ys[ALL], pooled.withheld_text)
     ax.set_xlim(0, 100)
     ax.xaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=0))
-    if not rows and pooled is None:
-        _empty(ax, "No patients analysed yet")
-        ax.set_yticks([])
-    else:
-        all_rows = ordered + ([pooled] if pooled is not None else [])
-        ax.set_yticks([ys[r.code] for r in all_rows], [r.display for r in all_rows])
-        if pooled is not None:
-            ax.get_yticklabels()[-1].set_fontweight("bold")
-        _column_header(ax, max(ys.values()), "≥30% / ≥50%")
+    _row_labels(ax, rows, ordered, pooled, ys, "≥30% / ≥50%")
     ax.tick_params(axis="y", length=0)
     ax.spines["left"].set_visible(False)
     legend = [Line2D([], [], marker="o", color=PALETTE["responder_30"], linewidth=1.6,
