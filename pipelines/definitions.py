@@ -18,7 +18,7 @@ from pipelines.defs.progress import progress_logger
 from pipelines.defs.reports.assets import build_report_checks, build_weekly_report_asset
 from pipelines.defs.reports.automation import build_new_exports_sensor, build_weekly_schedule
 from pipelines.defs.reports.partitions import first_week, weekly_partitions
-from pipelines.defs.resources import AnalysisSettings, PipelineConfig, ProcessedTableIOManager
+from pipelines.defs.resources import AnalysisSettings, PipelineConfig, ProcessedTableIOManager, RunGuard
 from pipelines.settings import Settings
 
 SETTINGS_FILE = Path("outcomes.toml")
@@ -41,10 +41,13 @@ def make_definitions(settings: Settings | None = None, start: date | None = None
         schedules=[build_weekly_schedule(weekly_report_job, settings.timezone)],
         sensors=[build_new_exports_sensor(outcomes_job)],
         loggers={"console": dg.colored_console_logger, "progress": progress_logger},
+        # one process per run: the run lock (RunGuard) then covers every step of it
+        executor=dg.in_process_executor,
         resources={
             "paths": PipelineConfig(),
             "analysis_settings": AnalysisSettings.from_settings(settings),
             "processed_io_manager": ProcessedTableIOManager(),
+            "run_guard": RunGuard(),
         },
     )
 

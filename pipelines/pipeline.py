@@ -116,6 +116,7 @@ def run_config(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: str
             "paths": {"config": paths},
             "analysis_settings": {"config": settings.as_dict()},
             "processed_io_manager": {"config": {"processed_dir": str(processed_dir)}},
+            "run_guard": {"config": {"processed_dir": str(processed_dir), "reports_dir": str(reports_dir)}},
         },
     }
     config["loggers"] = {"progress": {}} if progress else {"console": {"config": {"log_level": "ERROR"}}}
@@ -153,6 +154,7 @@ def _run_locked(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: st
     try:
         staged_config = run_config(raw_dir, staging, reports_dir, as_of, today, settings, vocabulary_file, progress)
         staged_config["resources"]["paths"]["config"]["processed_dir"] = str(processed_dir)
+        staged_config["resources"]["run_guard"]["config"]["processed_dir"] = str(processed_dir)
         defs = make_definitions(settings)
         _announce(progress, "outcomes_job: ingest and outcome tables")
         result = defs.resolve_job_def("outcomes_job").execute_in_process(

@@ -556,3 +556,47 @@ def test_second_run_is_refused_or_waits_and_two_runs_give_identical_outputs(tmp_
     assert second_outputs.tables == first_outputs.tables
     assert second_outputs.reports == first_outputs.reports
     assert not second_outputs.leftovers
+
+
+def test_a_dagster_launched_run_waits_for_the_run_lock(tmp_path):
+    """A run started by Dagster itself (UI, schedule, sensor) takes the same lock as
+    `outcomes run`: while another process holds it, the run fails with a clear message."""
+    import dagster as dg
+
+    from pipelines.definitions import make_definitions
+    from pipelines.locking import run_lock
+
+    processed, reports = tmp_path / "processed", tmp_path / "reports"
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "episodes_1.csv").write_text(
+        "episode_id,patient_id,clinic_id,condition,referral_date\nE1,P1,C1,lbp,2026-01-05\n")
+    config = {"resources": {
+        "paths": {"config": {"raw_dir": str(raw), "processed_dir": str(processed), "reports_dir": str(reports),
+                             "today": "2026-03-01"}},
+        "processed_io_manager": {"config": {"processed_dir": str(processed)}},
+        "run_guard": {"config": {"processed_dir": str(processed), "reports_dir": str(reports), "wait_seconds": 0.5}},
+    }}
+    job = make_definitions().resolve_job_def("outcomes_job")
+    import subprocess
+    import sys
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pipelines.locking import run_lock\n"
+        f"with run_lock({str(processed)!r}, {str(reports)!r}):\n"
+        "    print('held', flush=True); time.sleep(30)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with dg.instance_for_test() as instance:
+            blocked = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+        assert not blocked.success
+        messages = " ".join(str(e.event_specific_data) for e in blocked.all_events if e.is_failure)
+        assert "in use by another run" in messages or "another run" in messages
+        assert not (processed / "episodes.parquet").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with dg.instance_for_test() as instance:
+        assert job.execute_in_process(run_config=config, instance=instance, raise_on_error=False).success
+    with run_lock(processed, reports):  # released after the run
+        pass
+    assert (processed / "episodes.parquet").exists()

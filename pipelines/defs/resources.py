@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -74,6 +75,31 @@ class PipelineConfig(dg.ConfigurableResource):
             return date.fromisoformat(self.as_of)
         latest = latest_record_date(sessions, pain_scores)
         return latest or self.run_date(timezone)
+
+
+class RunGuard(dg.ConfigurableResource):
+    """Holds the run lock of the processed and reports folders (pipelines.locking) for a whole
+    Dagster run, so a run launched from the UI, the schedule or the sensor never overlaps an
+    `outcomes run` (which takes the same lock; re-entrant within its own thread).
+
+    Jobs use the in-process executor, so one process holds the lock for every step.
+    """
+
+    processed_dir: str = "data/processed"
+    reports_dir: str = "reports"
+    #: seconds to wait for another run before this one fails with a clear message
+    wait_seconds: float = 3600.0
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext):
+        from pipelines.locking import RunLocked, run_lock
+
+        try:
+            with run_lock(self.processed_dir, self.reports_dir, wait=self.wait_seconds,
+                          command=f"dagster run {context.run.run_id}" if context.run else "dagster run"):
+                yield self
+        except RunLocked as exc:
+            raise dg.Failure(description=str(exc)) from None
 
 
 class ProcessedTableIOManager(dg.ConfigurableIOManager):

@@ -5,7 +5,7 @@ rows and the per-file audit (CONTRACT.md)."""
 import dagster as dg
 import polars as pl
 
-from pipelines.defs.resources import AnalysisSettings, PipelineConfig
+from pipelines.defs.resources import AnalysisSettings, PipelineConfig, RunGuard
 from pipelines.ingest import ingest_folder
 
 INGEST_OUTPUTS = {
@@ -34,7 +34,8 @@ def _preview(frame: pl.DataFrame, rows: int = 5) -> dg.MetadataValue:
           for name, filename in INGEST_OUTPUTS.items()},
     description="Read every export under the raw folder and apply every rule of CONTRACT.md.",
 )
-def ingest(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings):
+def ingest(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings,
+           run_guard: RunGuard):
     settings = analysis_settings.to_settings()
     today = paths.run_date(settings.timezone)
     result = ingest_folder(paths.raw_dir, today=today, vocabulary=paths.vocabulary(),

@@ -8,7 +8,7 @@ import dagster as dg
 import polars as pl
 
 import pipelines
-from pipelines.defs.resources import AnalysisSettings, PipelineConfig
+from pipelines.defs.resources import AnalysisSettings, PipelineConfig, RunGuard
 from pipelines.reports.render import write_report
 from pipelines.reports.weekly import ReportInputs, build_report, week_label
 
@@ -35,6 +35,7 @@ def build_weekly_report_asset(partitions_def: dg.WeeklyPartitionsDefinition) -> 
         kinds={"html", "pdf"},
     )
     def weekly_report(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings,
+                      run_guard: RunGuard,
                       episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
                       ingest_audit: pl.DataFrame, rejected_rows: pl.DataFrame) -> dg.MaterializeResult:
         settings = analysis_settings.to_settings()
