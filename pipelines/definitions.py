@@ -24,7 +24,14 @@ from pipelines.settings import Settings
 SETTINGS_FILE = Path("outcomes.toml")
 
 
-def make_definitions(settings: Settings | None = None, start: date | None = None) -> dg.Definitions:
+def make_definitions(settings: Settings | None = None, start: date | None = None,
+                     executor: dg.ExecutorDefinition = dg.in_process_executor) -> dg.Definitions:
+    """Every definition, for a time zone (settings), a first week and an executor.
+
+    The default executor runs a whole run in one process, so the run lock (``run_guard``)
+    covers every step; ``dg.multiprocess_executor`` runs the same graph unchanged, one
+    process per step (the lock is then held by the ingest and report steps only).
+    """
     settings = settings or (Settings.from_toml(SETTINGS_FILE) if SETTINGS_FILE.exists() else Settings())
     partitions = weekly_partitions(start or first_week(), settings.timezone)
     outcomes_job = dg.define_asset_job(
@@ -42,7 +49,7 @@ def make_definitions(settings: Settings | None = None, start: date | None = None
         sensors=[build_new_exports_sensor(outcomes_job)],
         loggers={"console": dg.colored_console_logger, "progress": progress_logger},
         # one process per run: the run lock (RunGuard) then covers every step of it
-        executor=dg.in_process_executor,
+        executor=executor,
         resources={
             "paths": PipelineConfig(),
             "analysis_settings": AnalysisSettings.from_settings(settings),
@@ -53,3 +60,9 @@ def make_definitions(settings: Settings | None = None, start: date | None = None
 
 
 defs = make_definitions()
+
+
+def outcomes_job_multiprocess() -> dg.JobDefinition:
+    """The outcomes job with one process per step (a reconstructable target for
+    ``dagster.execute_job``; see docs/deployment.md)."""
+    return make_definitions(executor=dg.multiprocess_executor).resolve_job_def("outcomes_job")
