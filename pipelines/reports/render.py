@@ -38,7 +38,7 @@ def render_pdf(content: ReportContent, images: dict[str, bytes], target: Path) -
     from xml.sax.saxutils import escape
 
     from reportlab.lib import colors
-    from reportlab.lib.pagesizes import A4, landscape
+    from reportlab.lib.pagesizes import A4
     from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
     from reportlab.lib.units import cm
     from reportlab.platypus import (Image, KeepTogether, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table,
@@ -151,7 +151,6 @@ def render_pdf(content: ReportContent, images: dict[str, bytes], target: Path) -
                             topMargin=1.6 * cm, bottomMargin=1.6 * cm,
                             title=f"Medical massage outcomes, week {content.week}", author="pipelines",
                             subject="Weekly outcomes report")
-    del landscape
     doc.build(story, onFirstPage=footer, onLaterPages=footer)
 
 

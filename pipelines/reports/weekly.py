@@ -108,12 +108,9 @@ def _pooled(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings) ->
 def _base_counts(outcomes: pl.DataFrame, relief: pl.DataFrame, by: str) -> pl.DataFrame:
     """Episodes behind adherence and immediate relief, per group and ALL (for blanking)."""
     adherence = outcomes.filter((pl.col("sessions_attended") >= 1) & pl.col("prescribed_sessions").is_not_null())
-    frames = []
-    for label, o, r in [(None, adherence, relief)]:
-        a = o.group_by(by).agg(pl.len().alias("n_adherence"))
-        b = r.group_by(by).agg(pl.col("episode_id").n_unique().alias("n_relief"))
-        frames.append(a.join(b, on=by, how="full", coalesce=True))
-    per_group = frames[0]
+    per_group = (adherence.group_by(by).agg(pl.len().alias("n_adherence"))
+                 .join(relief.group_by(by).agg(pl.col("episode_id").n_unique().alias("n_relief")),
+                       on=by, how="full", coalesce=True))
     pooled = pl.DataFrame({by: [ALL], "n_adherence": [adherence.height],
                            "n_relief": [relief["episode_id"].n_unique() if relief.height else 0]})
     return pl.concat([per_group.cast({"n_adherence": pl.Int64, "n_relief": pl.Int64}),
