@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@# Byte-compile once: with PYTHONDONTWRITEBYTECODE set (as on some CI images) every start would
+	@# otherwise recompile dagster, scipy and matplotlib, about 10 s per process. Failures only mean slower starts.
+	-@$(BIN)/python -m compileall -q -j 0 $(VENV)/lib pipelines >/dev/null 2>&1
 	@touch $(STAMP)
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml  ## create .venv with the locked dependencies
