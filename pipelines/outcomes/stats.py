@@ -1,14 +1,14 @@
 """The statistics of METRICS.md "One condition", each from the library it names.
 
-Every function takes plain numpy arrays (one group's analysed episodes) and returns
+Every function here takes plain numpy arrays (one group's analysed episodes) and returns
 plain floats, or None for an empty cell. Sources:
 
 * Student-t interval: ``scipy.stats.t.interval`` (sample sd, n - 1 degrees of freedom).
 * Wilcoxon signed-rank: ``scipy.stats.wilcoxon`` with its defaults.
 * Benjamini-Hochberg: ``scipy.stats.false_discovery_control``.
-* Wilson score interval: ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``
-  (Wilson 1927; z = norm.ppf(0.975)).
-* Kaplan-Meier: ``lifelines.KaplanMeierFitter`` (Greenwood variance, log(-log) band).
+* Wilson score interval: the formula of ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``
+  (Wilson 1927; z = norm.ppf(0.975)), without binomtest's unused exact p-value.
+* Kaplan-Meier: :mod:`pipelines.outcomes.km` (lifelines' formulas for many groups at once).
 """
 
 from __future__ import annotations
@@ -16,13 +16,8 @@ from __future__ import annotations
 import math
 import warnings
 
-from typing import TYPE_CHECKING
-
 import numpy as np
-from scipy import stats
-
-if TYPE_CHECKING:  # lifelines takes seconds to import: load it when a curve is fitted
-    from lifelines import KaplanMeierFitter
+from scipy import special, stats
 
 CONFIDENCE = 0.95
 IMPROVED_BY_SESSIONS = (3, 6, 10)
@@ -81,35 +76,15 @@ def wilson_interval(successes: int, n: int) -> tuple[float | None, float | None,
     """Share and its 95% Wilson score interval; all empty when n = 0."""
     if n == 0:
         return None, None, None
-    ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
-    return successes / n, float(ci.low), float(ci.high)
-
-
-def kaplan_meier(durations: np.ndarray, observed: np.ndarray) -> "KaplanMeierFitter | None":
-    """Kaplan-Meier fit of sessions to response; None for an empty group."""
-    from lifelines import KaplanMeierFitter
-
-    if len(durations) == 0:
-        return None
-    kmf = KaplanMeierFitter(alpha=1 - CONFIDENCE)
-    kmf.fit(np.asarray(durations, dtype=float), event_observed=np.asarray(observed, dtype=bool))
-    return kmf
-
-
-def km_median_sessions(kmf: "KaplanMeierFitter | None") -> tuple[float | None, float | None, float | None]:
-    """Median sessions to response with its 95% interval; None where lifelines says infinity."""
-    if kmf is None:
-        return None, None, None
-    from lifelines.utils import median_survival_times
-
-    bounds = median_survival_times(kmf.confidence_interval_)
-    low, high = bounds.iloc[0, 0], bounds.iloc[0, 1]
-    return _finite(kmf.median_survival_time_), _finite(low), _finite(high)
-
-
-def km_improved_by(kmf: "KaplanMeierFitter | None", sessions: tuple[int, ...] = IMPROVED_BY_SESSIONS) -> list[float | None]:
-    """1 - S(t) at the given session counts."""
-    if kmf is None:
-        return [None] * len(sessions)
-    survival = kmf.survival_function_at_times(list(sessions)).to_numpy()
-    return [float(1.0 - s) for s in survival]
+    k, n = int(successes), int(n)
+    # scipy's own formula (scipy.stats._binomtest._binom_wilson_conf_int, Newcombe 1998), written
+    # out because binomtest(k, n) first computes an exact p-value nobody reads: 3 ms a call.
+    # tests/test_stats.py checks it equals binomtest(k, n).proportion_ci(method="wilson").
+    p = k / n
+    z = float(special.ndtri(0.5 + 0.5 * CONFIDENCE))
+    denom = 2 * (n + z ** 2)
+    center = (2 * n * p + z ** 2) / denom
+    delta = z / denom * math.sqrt(4 * n * p * (1 - p) + z ** 2)
+    low = 0.0 if k == 0 else center - delta
+    high = 1.0 if k == n else center + delta
+    return p, float(low), float(high)

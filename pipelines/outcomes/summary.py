@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 
 from pipelines.outcomes import stats
+from pipelines.outcomes.km import km_statistics
 from pipelines.outcomes.metrics import episode_outcomes, session_relief
 from pipelines.settings import Settings
 
@@ -31,19 +32,32 @@ def _mean(values: np.ndarray) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
-def group_statistics(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings,
-                     with_p_value: bool = True) -> dict:
-    """Every METRICS.md statistic for one group of episodes (all of them, analysed or not)."""
+def _kaplan_meier(analysed: pl.DataFrame, by: list[str]) -> dict[tuple, dict]:
+    """Median sessions to response (with interval) and share improved by 3/6/10 sessions per group."""
+    table = km_statistics(analysed, by, stats.IMPROVED_BY_SESSIONS)
+    return {tuple(row[c] for c in by): row for row in table.iter_rows(named=True)}
+
+
+def group_statistics(outcomes: pl.DataFrame, relief: pl.DataFrame | None, settings: Settings,
+                     with_p_value: bool = True, km: dict | None = None, relief_mean: float | None = None) -> dict:
+    """Every METRICS.md statistic for one group of episodes (all of them, analysed or not).
+
+    ``km`` is the group's row of :func:`pipelines.outcomes.km.km_statistics` when the
+    caller estimated every group's curve at once; without it the curve is estimated here.
+    ``relief`` is the group's session relief table; a caller that averaged it already
+    passes ``relief=None`` and the mean as ``relief_mean``.
+    """
     analysed = outcomes.filter(pl.col("analysed"))
     change = analysed["change"].to_numpy().astype(np.float64)
     n = len(change)
     mean_change, ci_low, ci_high = stats.mean_with_t_interval(change)
     r30 = stats.wilson_interval(int(analysed["responder_30"].sum()), n)
     r50 = stats.wilson_interval(int(analysed["responder_50"].sum()), n)
-    kmf = stats.kaplan_meier(analysed["sessions_to_response"].to_numpy(),
-                             analysed["response_observed"].to_numpy())
-    median, median_low, median_high = stats.km_median_sessions(kmf)
-    improved = stats.km_improved_by(kmf)
+    if km is None and n:
+        km = _kaplan_meier(analysed, [])[()]
+    km = km or {}
+    median, median_low, median_high = km.get("median"), km.get("median_low"), km.get("median_high")
+    improved = [km.get(f"improved_by_{s}") for s in stats.IMPROVED_BY_SESSIONS]
     attended = outcomes.filter(pl.col("sessions_attended") >= 1)
     prescribed = attended.filter(pl.col("prescribed_sessions").is_not_null())
     return {
@@ -67,7 +81,7 @@ def group_statistics(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Set
         "improved_by_session_10": improved[2],
         "mean_sessions_attended": _mean(attended["sessions_attended"].to_numpy().astype(np.float64)),
         "adherence": _mean((prescribed["sessions_attended"] / prescribed["prescribed_sessions"]).to_numpy()),
-        "immediate_relief_mean": _mean(relief["relief"].to_numpy().astype(np.float64)),
+        "immediate_relief_mean": relief_mean if relief is None else _mean(relief["relief"].to_numpy().astype(np.float64)),
         "suppressed": n < settings.min_cell_size,
     }
 
@@ -83,14 +97,15 @@ def summarise(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings,
     missing = [c for c in by if c not in relief.columns]
     if missing:  # e.g. age_band: take each session's group from its episode
         relief = relief.join(outcomes.select("episode_id", *missing), on="episode_id", how="left")
-    empty_relief = relief.clear()
-    relief_groups = relief.partition_by(by, as_dict=True) if relief.height else {}
+    relief_means = {tuple(row[:-1]): row[-1] for row in
+                    relief.group_by(by).agg(pl.col("relief").cast(pl.Float64).mean()).iter_rows()}
     # groups in sorted order, a missing value (None) last
     ordered = sorted(outcomes.partition_by(by, as_dict=True).items(),
                      key=lambda item: tuple((v is None, v if v is not None else "") for v in item[0]))
+    curves = _kaplan_meier(outcomes.filter(pl.col("analysed")), by)  # every group's curve in one pass
     for keys, group in ordered:
-        group_relief = relief_groups.get(keys, empty_relief)
-        stats_row = group_statistics(group, group_relief, settings, with_p_values)
+        stats_row = group_statistics(group, None, settings, with_p_values, km=curves.get(keys, {}),
+                                     relief_mean=relief_means.get(keys))
         rows.append({**dict(zip(by, keys)), **stats_row})
     with_p = [r for r in rows if r["p_value"] is not None]
     for row, q in zip(with_p, stats.benjamini_hochberg([r["p_value"] for r in with_p])):

@@ -6,7 +6,8 @@ import numpy as np
 import polars as pl
 from scipy import stats as sps
 
-from pipelines.outcomes.stats import CONFIDENCE, kaplan_meier
+from pipelines.outcomes.km import km_table
+from pipelines.outcomes.stats import CONFIDENCE
 from pipelines.outcomes.summary import ALL
 
 TRAJECTORY_SCHEMA = {"condition": pl.String, "session_number": pl.Int64, "n": pl.Int64, "mean_pre": pl.Float64,
@@ -42,31 +43,17 @@ def pain_trajectories(scored_sessions: pl.DataFrame, episodes: pl.DataFrame) -> 
 
 
 def km_curves(outcomes: pl.DataFrame) -> pl.DataFrame:
-    """The Kaplan-Meier curve of sessions to response per condition and ALL (lifelines).
+    """The Kaplan-Meier curve of sessions to response per condition and ALL.
 
-    One row per event time (plus t = 0): S(t), its pointwise 95% band, the share improved
-    1 - S(t), and the numbers at risk, responding and censored at t.
+    One row per timeline point (t = 0 and every distinct duration): S(t), its pointwise 95%
+    band, the share improved 1 - S(t), and the numbers at risk, responding and censored at t.
+    Estimated with :mod:`pipelines.outcomes.km` (lifelines' formulas, tested against it).
     """
-    analysed = outcomes.filter(pl.col("analysed"))
-    frames = []
-    labels = sorted(analysed["condition"].unique().to_list()) + [ALL]
-    for label in labels:
-        group = analysed if label == ALL else analysed.filter(pl.col("condition") == label)
-        kmf = kaplan_meier(group["sessions_to_response"].to_numpy(), group["response_observed"].to_numpy())
-        if kmf is None:
-            continue
-        table = kmf.event_table
-        band = kmf.confidence_interval_
-        frames.append(pl.DataFrame({
-            "condition": label,
-            "t": kmf.survival_function_.index.to_numpy(dtype=float),
-            "survival": kmf.survival_function_.iloc[:, 0].to_numpy(),
-            "ci_low": band.iloc[:, 0].to_numpy(),
-            "ci_high": band.iloc[:, 1].to_numpy(),
-            "at_risk": table["at_risk"].to_numpy(),
-            "events": table["observed"].to_numpy(),
-            "censored": table["censored"].to_numpy(),
-        }).with_columns((1.0 - pl.col("survival")).alias("improved")))
-    if not frames:
+    analysed = outcomes.filter(pl.col("analysed")).select("condition", "sessions_to_response", "response_observed")
+    if analysed.is_empty():
         return pl.DataFrame(schema=KM_SCHEMA)
-    return pl.concat(frames, how="vertical_relaxed").cast(KM_SCHEMA).select(list(KM_SCHEMA))
+    per_condition = km_table(analysed.filter(pl.col("condition").is_not_null()), ["condition"])
+    pooled = km_table(analysed, []).with_columns(pl.lit(ALL).alias("condition"))
+    return (pl.concat([per_condition, pooled.select(per_condition.columns)], how="vertical_relaxed")
+            .with_columns((1.0 - pl.col("survival")).alias("improved"))
+            .cast(KM_SCHEMA).select(list(KM_SCHEMA)))
