@@ -6,7 +6,7 @@ from pipelines.definitions import defs
 
 ASSETS = {
     "episodes", "sessions", "pain_scores", "rejected_rows", "ingest_audit",
-    "episode_outcomes", "session_relief_table", "condition_summary", "clinic_condition_summary",
+    "scored_sessions", "episode_outcomes", "session_relief_table", "condition_summary", "clinic_condition_summary",
     "pain_trajectories", "km_curves",
 }
 CHECKS = {

@@ -84,6 +84,16 @@ def outcome_observations(numbered: pl.DataFrame, scored: pl.DataFrame, pain_scor
     return pl.concat([from_pre, from_followup], how="vertical").sort("episode_id", "date", "t")
 
 
+def scored_sessions(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+                    as_of: date) -> pl.DataFrame:
+    """Sessions on or before D of episodes referred on or before D, numbered, with pre/post scores.
+
+    The one step every session-level metric starts from; the pipeline computes it once
+    (the ``scored_sessions`` asset) and passes it to the metrics below.
+    """
+    return session_scores(numbered_sessions(episodes_as_of(episodes, as_of), sessions, as_of), pain_scores)
+
+
 def episode_outcomes(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
                      as_of: date, settings: Settings | None = None) -> pl.DataFrame:
     """One row per episode referred on or before ``as_of``, as METRICS.md "One episode" defines.
@@ -91,13 +101,18 @@ def episode_outcomes(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores
     baseline_pain and final_pain are filled wherever they exist; change, pct_change, the
     responder flags and sessions to response only for analysed episodes.
     """
+    scored = scored_sessions(episodes, sessions, pain_scores, as_of)
+    return episode_outcomes_from(episodes, scored, pain_scores, as_of, settings)
+
+
+def episode_outcomes_from(episodes: pl.DataFrame, scored: pl.DataFrame, pain_scores: pl.DataFrame,
+                          as_of: date, settings: Settings | None = None) -> pl.DataFrame:
+    """:func:`episode_outcomes` from the output of :func:`scored_sessions` for the same ``as_of``."""
     settings = settings or Settings()
     eps = episodes_as_of(episodes, as_of)
-    numbered = numbered_sessions(eps, sessions, as_of)
-    scored = session_scores(numbered, pain_scores)
-    obs = outcome_observations(numbered, scored, pain_scores, eps, as_of)
+    obs = outcome_observations(scored, scored, pain_scores, eps, as_of)
 
-    attended = numbered.group_by("episode_id").agg(pl.len().cast(pl.Int64).alias("sessions_attended"))
+    attended = scored.group_by("episode_id").agg(pl.len().cast(pl.Int64).alias("sessions_attended"))
     baseline = scored.filter(pl.col("k") == 1).select("episode_id", pl.col("pre").alias("baseline_pain"))
     obs = obs.join(baseline, on="episode_id", how="left").with_columns(
         (100.0 * (pl.col("baseline_pain") - pl.col("score")) / pl.col("baseline_pain")).alias("_pct"))
@@ -141,8 +156,12 @@ def episode_outcomes(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores
 def session_relief(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
                    as_of: date) -> pl.DataFrame:
     """Within-session relief (pre - post) of every session on or before D with both scores."""
+    return session_relief_from(episodes, scored_sessions(episodes, sessions, pain_scores, as_of), as_of)
+
+
+def session_relief_from(episodes: pl.DataFrame, scored: pl.DataFrame, as_of: date) -> pl.DataFrame:
+    """:func:`session_relief` from the output of :func:`scored_sessions` for the same ``as_of``."""
     eps = episodes_as_of(episodes, as_of)
-    scored = session_scores(numbered_sessions(eps, sessions, as_of), pain_scores)
     return (scored.filter(pl.col("pre").is_not_null() & pl.col("post").is_not_null())
             .join(eps.select("episode_id", "clinic_id", "condition"), on="episode_id")
             .with_columns((pl.col("pre") - pl.col("post")).alias("relief")))

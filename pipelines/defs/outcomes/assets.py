@@ -4,8 +4,8 @@ import dagster as dg
 import polars as pl
 
 from pipelines.defs.resources import AnalysisSettings, PipelineConfig
-from pipelines.outcomes.metrics import (episode_outcomes as compute_episode_outcomes, episodes_as_of,
-                                        numbered_sessions, session_relief, session_scores)
+from pipelines.outcomes.metrics import episode_outcomes_from, episodes_as_of, scored_sessions as compute_scored
+from pipelines.outcomes.metrics import session_relief_from
 from pipelines.outcomes.summary import clinic_condition_summary as compute_clinic_summary
 from pipelines.outcomes.summary import condition_summary_from
 from pipelines.outcomes.tables import km_curves as compute_km_curves
@@ -19,14 +19,24 @@ def _md(frame: pl.DataFrame, rows: int = 20) -> dg.MetadataValue:
     return dg.MetadataValue.md(frame.head(rows).to_pandas().to_markdown(index=False, floatfmt=".3g"))
 
 
+@dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "scored_sessions.parquet"},
+          description="Sessions on or before the as-of date, numbered k = 1..n per episode, with their pre and "
+                      "post scores: the step every session-level metric starts from, computed once.")
+def scored_sessions(paths: PipelineConfig, analysis_settings: AnalysisSettings, episodes: pl.DataFrame,
+                    sessions: pl.DataFrame, pain_scores: pl.DataFrame) -> pl.DataFrame:
+    as_of = paths.resolve_as_of(sessions, pain_scores, analysis_settings.timezone)
+    return compute_scored(episodes, sessions, pain_scores, as_of)
+
+
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "episode_outcomes.parquet"},
           description="One row per accepted episode referred on or before the as-of date: baseline, "
                       "final, change, responders, sessions to response, exclusion reason (METRICS.md).")
 def episode_outcomes(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings,
-                     episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame) -> pl.DataFrame:
+                     episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+                     scored_sessions: pl.DataFrame) -> pl.DataFrame:
     settings = analysis_settings.to_settings()
     as_of = paths.resolve_as_of(sessions, pain_scores, settings.timezone)
-    outcomes = compute_episode_outcomes(episodes, sessions, pain_scores, as_of, settings)
+    outcomes = episode_outcomes_from(episodes, scored_sessions, pain_scores, as_of, settings)
     reasons = outcomes.group_by("exclusion_reason").len().sort("exclusion_reason")
     context.add_output_metadata({
         "as_of": as_of.isoformat(),
@@ -40,9 +50,10 @@ def episode_outcomes(context: dg.AssetExecutionContext, paths: PipelineConfig, a
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "session_relief.parquet"},
           description="Within-session relief (pre - post) of every session with both scores, as of the as-of date.")
 def session_relief_table(paths: PipelineConfig, analysis_settings: AnalysisSettings, episodes: pl.DataFrame,
-                         sessions: pl.DataFrame, pain_scores: pl.DataFrame) -> pl.DataFrame:
+                         sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+                         scored_sessions: pl.DataFrame) -> pl.DataFrame:
     as_of = paths.resolve_as_of(sessions, pain_scores, analysis_settings.timezone)
-    return session_relief(episodes, sessions, pain_scores, as_of)
+    return session_relief_from(episodes, scored_sessions, as_of)
 
 
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "condition_summary.csv"},
@@ -66,11 +77,10 @@ def clinic_condition_summary(analysis_settings: AnalysisSettings, episode_outcom
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "pain_trajectories.parquet"},
           description="Mean pre-session pain by session number per condition (and ALL), with n and 95% t interval.")
 def pain_trajectories(paths: PipelineConfig, analysis_settings: AnalysisSettings, episodes: pl.DataFrame,
-                      sessions: pl.DataFrame, pain_scores: pl.DataFrame) -> pl.DataFrame:
+                      sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+                      scored_sessions: pl.DataFrame) -> pl.DataFrame:
     as_of = paths.resolve_as_of(sessions, pain_scores, analysis_settings.timezone)
-    eps = episodes_as_of(episodes, as_of)
-    scored = session_scores(numbered_sessions(eps, sessions, as_of), pain_scores)
-    return compute_trajectories(scored, eps)
+    return compute_trajectories(scored_sessions, episodes_as_of(episodes, as_of))
 
 
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "km_curves.parquet"},
