@@ -17,10 +17,11 @@ from matplotlib.figure import Figure
 
 from pipelines.ingest.reasons import rejection_reasons
 from pipelines.outcomes import stats
-from pipelines.outcomes.metrics import episode_outcomes, episodes_as_of, numbered_sessions, session_relief, session_scores
-from pipelines.outcomes.summary import ALL, condition_summary_from, summarise
+from pipelines.outcomes.metrics import episode_outcomes, episodes_as_of, numbered_sessions, session_scores
+from pipelines.outcomes.summary import ALL, condition_summary_from, group_statistics, summarise
 from pipelines.outcomes.tables import km_curves, pain_trajectories
 from pipelines.reports import captions, charts
+from pipelines.reports.history import outcomes_before, relief_before, relief_from_scores, weekly_cohorts
 from pipelines.reports.publish import DASH, count_text, publish_summary, suppress_parts
 from pipelines.settings import Settings
 
@@ -101,8 +102,11 @@ def _weekly_counts(episodes: pl.DataFrame, sessions: pl.DataFrame, monday: date,
 
 
 def _pooled(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings) -> dict:
-    summary = condition_summary_from(outcomes, relief, settings)
-    return summary.filter(pl.col("condition") == ALL).row(0, named=True)
+    """The ALL row of ``condition_summary_from(outcomes, relief, settings)`` (summarise pools
+    every episode with ``group_statistics``), without the per-condition rows it would also fit.
+    Its p value is left out: only the headline numbers are read from it."""
+    row = group_statistics(outcomes, relief, settings, with_p_value=False)
+    return {"condition": ALL, **row, "q_value": row["p_value"]}
 
 
 def _base_counts(outcomes: pl.DataFrame, relief: pl.DataFrame, by: str) -> pl.DataFrame:
@@ -117,29 +121,22 @@ def _base_counts(outcomes: pl.DataFrame, relief: pl.DataFrame, by: str) -> pl.Da
                       pooled.cast({"n_adherence": pl.Int64, "n_relief": pl.Int64})], how="vertical")
 
 
-def _trend(inputs: ReportInputs, sunday: date) -> pl.DataFrame:
+def _trend(inputs: ReportInputs, sunday: date, numbered: pl.DataFrame, scored: pl.DataFrame) -> pl.DataFrame:
+    """The last TREND_WEEKS weeks: sessions, new episodes and the week's responder cohort.
+
+    A week's cohort: the episodes analysed as of its Sunday whose latest outcome rating was
+    taken that week. All weeks come from one pass over the records as of ``sunday``
+    (:func:`pipelines.reports.history.weekly_cohorts`).
+    """
     rows = []
     k = inputs.settings.min_cell_size
-    for back in range(TREND_WEEKS - 1, -1, -1):
-        end = sunday - timedelta(weeks=back)
-        start = end - timedelta(days=6)
-        counts = _weekly_counts(inputs.episodes, inputs.sessions, start, end)
-        # Only episodes rated that week can be in the week's cohort; an episode's outcome depends
-        # on its own records alone, so computing it on just those episodes gives the same numbers.
-        rated = pl.concat([
-            inputs.sessions.filter(pl.col("session_date").is_between(start, end)).select("episode_id"),
-            inputs.pain_scores.filter((pl.col("timepoint") == "followup")
-                                      & pl.col("recorded_on").is_between(start, end)).select("episode_id"),
-        ]).unique()
-        outcomes = episode_outcomes(inputs.episodes.join(rated, on="episode_id", how="semi"),
-                                    inputs.sessions.join(rated, on="episode_id", how="semi"),
-                                    inputs.pain_scores.join(rated, on="episode_id", how="semi"), end, inputs.settings)
-        # the week's cohort: analysed episodes whose latest outcome rating was taken that week
-        analysed = outcomes.filter(pl.col("analysed") & (pl.col("last_observation_date") >= start))
-        n = analysed.height
-        responders = int(analysed["responder_30"].sum()) if n else 0
+    weekly = weekly_cohorts(inputs.episodes, inputs.sessions, inputs.pain_scores, numbered, scored, sunday,
+                            TREND_WEEKS, inputs.settings)
+    for week in weekly.iter_rows(named=True):
+        n, responders = week["responder_n"], week["responders"]
         rate, low, high = stats.wilson_interval(responders, n) if n >= k else (None, None, None)
-        rows.append({"week": week_label(end), "sessions": counts["sessions"], "new_episodes": counts["new_episodes"],
+        rows.append({"week": week_label(week["week_end"]), "sessions": week["sessions"],
+                     "new_episodes": week["new_episodes"],
                      "responders": responders if n >= k else None, "responder_n": n,
                      "responder_rate": rate, "responder_ci_low": low, "responder_ci_high": high})
     first_referral = inputs.episodes.select(pl.col("referral_date").min()).item() if inputs.episodes.height else None
@@ -267,11 +264,16 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
     labels = {**inputs.labels, ALL: "All conditions"}
     ep, se, ps = inputs.episodes, inputs.sessions, inputs.pain_scores
 
+    # Computed once as of Sunday; the previous Sunday and the trend weeks are derived from these
+    # (pipelines.reports.history), not recomputed from the accepted tables.
     outcomes = episode_outcomes(ep, se, ps, sunday, settings)
-    relief = session_relief(ep, se, ps, sunday)
+    eps_d = episodes_as_of(ep, sunday)
+    numbered = numbered_sessions(eps_d, se, sunday)
+    scored = session_scores(numbered, ps)
+    relief = relief_from_scores(scored, eps_d)
     summary = condition_summary_from(outcomes, relief, settings)
-    previous = _pooled(episode_outcomes(ep, se, ps, previous_sunday, settings),
-                       session_relief(ep, se, ps, previous_sunday), settings) if ep.height else None
+    previous = _pooled(outcomes_before(ep, se, ps, outcomes, sunday, previous_sunday, settings),
+                       relief_before(relief, ep, previous_sunday), settings) if ep.height else None
     pooled = summary.filter(pl.col("condition") == ALL).row(0, named=True) if summary.height else None
 
     published = publish_summary(summary, k, _base_counts(outcomes, relief, "condition"))
@@ -291,10 +293,9 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
     ]
     headline_to_date = _to_date_rows(pooled, previous, k)
 
-    eps_d = episodes_as_of(ep, sunday)
-    trajectories = pain_trajectories(session_scores(numbered_sessions(eps_d, se, sunday), ps), eps_d)
+    trajectories = pain_trajectories(scored, eps_d)
     km = km_curves(outcomes).filter(pl.col("at_risk") >= k)  # no curve over fewer than k patients
-    trend = _trend(inputs, sunday)
+    trend = _trend(inputs, sunday, numbered, scored)
     pooled_rate = pooled["responder_30_rate"] if pooled and pooled["n_analysed"] >= k else None
     clinics_table, funnel_points = _clinics(outcomes, relief, settings, pooled_rate)
     quality = _quality(inputs)

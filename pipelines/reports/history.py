@@ -1,0 +1,123 @@
+"""The report's earlier dates (a week before, the last 12 weeks) derived from one computation.
+
+The weekly report needs outcomes as of its Sunday D, as of the Sunday before (week-on-week
+change) and, for each of the last 12 weeks, for the episodes rated that week. Computing
+each from the accepted tables costs a full pass of :func:`episode_outcomes` per date. The
+helpers here compute once as of D and derive the earlier dates from it, relying on two
+facts of METRICS.md ("As of a date", "One episode"):
+
+* an episode's outcome depends on its own records alone, so an episode with no record
+  dated in (D', D] has the same outcome as of D' as as of D;
+* the sessions as of D' < D are a prefix, in (session_date, session_id) order, of the
+  sessions as of D, so numbering k, session scores and outcome observations as of D' are
+  those as of D dated on or before D'.
+
+Each helper equals its direct computation exactly (same rows, same order, same values):
+``tests/test_report_history.py`` checks them against the outcomes functions.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import polars as pl
+
+from pipelines.outcomes.metrics import episode_outcomes, outcome_observations, reaches
+from pipelines.settings import Settings
+
+
+def relief_from_scores(scored: pl.DataFrame, episodes_as_of: pl.DataFrame) -> pl.DataFrame:
+    """:func:`pipelines.outcomes.metrics.session_relief` from session scores already computed
+    (``session_scores(numbered_sessions(episodes_as_of, sessions, D), pain_scores)``)."""
+    return (scored.filter(pl.col("pre").is_not_null() & pl.col("post").is_not_null())
+            .join(episodes_as_of.select("episode_id", "clinic_id", "condition"), on="episode_id")
+            .with_columns((pl.col("pre") - pl.col("post")).alias("relief")))
+
+
+def relief_before(relief: pl.DataFrame, episodes: pl.DataFrame, earlier: date) -> pl.DataFrame:
+    """Session relief as of ``earlier`` from session relief as of a later date."""
+    ids = episodes.filter(pl.col("referral_date") <= earlier)["episode_id"]
+    return relief.filter((pl.col("session_date") <= earlier) & pl.col("episode_id").is_in(ids.implode()))
+
+
+def touched_between(sessions: pl.DataFrame, pain_scores: pl.DataFrame, after: date, until: date) -> pl.DataFrame:
+    """Episode ids with a session or a follow-up rating dated in (after, until]."""
+    start = after + timedelta(days=1)
+    return pl.concat([
+        sessions.filter(pl.col("session_date").is_between(start, until)).select("episode_id"),
+        pain_scores.filter((pl.col("timepoint") == "followup") & pl.col("recorded_on").is_between(start, until))
+        .select("episode_id"),
+    ]).unique()
+
+
+def outcomes_before(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+                    later_outcomes: pl.DataFrame, later: date, earlier: date,
+                    settings: Settings | None = None) -> pl.DataFrame:
+    """``episode_outcomes(episodes, sessions, pain_scores, earlier, settings)`` from the outcomes
+    as of ``later`` (>= ``earlier``): only the episodes with a session or follow-up dated in
+    (earlier, later] are computed again; the others keep their row."""
+    touched = touched_between(sessions, pain_scores, earlier, later)
+    kept = later_outcomes.filter(pl.col("referral_date") <= earlier).join(touched, on="episode_id", how="anti")
+    redone = episode_outcomes(episodes.join(touched, on="episode_id", how="semi"),
+                              sessions.join(touched, on="episode_id", how="semi"),
+                              pain_scores.join(touched, on="episode_id", how="semi"), earlier, settings)
+    return pl.concat([kept, redone], how="vertical").sort("episode_id")
+
+
+WEEKLY_COHORT_SCHEMA = {"week_end": pl.Date, "sessions": pl.Int64, "new_episodes": pl.Int64,
+                        "responder_n": pl.Int64, "responders": pl.Int64}
+
+
+def weekly_cohorts(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+                   numbered: pl.DataFrame, scored: pl.DataFrame, as_of: date, weeks: int,
+                   settings: Settings | None = None) -> pl.DataFrame:
+    """The 12-week trend's counts for the ``weeks`` weeks ending on Sunday ``as_of``, oldest first.
+
+    One row per week (``week_end`` its Sunday): sessions dated that week, episodes referred
+    that week, and the week's responder cohort as the report defines it: the episodes
+    analysed as of the week's Sunday whose latest outcome observation was taken that week
+    (``responder_n``), and how many of them are responder_30 (``responders``).
+
+    ``numbered`` and ``scored`` are ``numbered_sessions`` / ``session_scores`` as of
+    ``as_of``. As of a week's Sunday E an episode (referred on or before E) with an outcome
+    observation dated that week has: session 1 on or before E (an observation follows a
+    session), so its baseline is the one as of ``as_of``; at least one observation; and as
+    its final score the last observation dated that week (observations as of E are those as
+    of ``as_of`` dated on or before E). So it is analysed exactly when its baseline is
+    there and not 0, and a responder as :func:`episode_outcomes` computes it.
+    """
+    settings = settings or Settings()
+    first_day = as_of - timedelta(weeks=weeks) + timedelta(days=1)
+    week_ends = pl.DataFrame({"week_index": list(range(weeks)),
+                              "week_end": [first_day + timedelta(days=7 * i + 6) for i in range(weeks)]},
+                             schema={"week_index": pl.Int64, "week_end": pl.Date})
+
+    def week_index(column: str) -> pl.Expr:
+        return ((pl.col(column) - pl.lit(first_day)).dt.total_days() // 7).cast(pl.Int64).alias("week_index")
+
+    def per_week(frame: pl.DataFrame, column: str, name: str) -> pl.DataFrame:
+        return (frame.filter(pl.col(column).is_between(first_day, as_of)).select(week_index(column))
+                .group_by("week_index").agg(pl.len().cast(pl.Int64).alias(name)))
+
+    episodes_d = episodes.filter(pl.col("referral_date") <= as_of)
+    observations = outcome_observations(numbered, scored, pain_scores, episodes_d, as_of)
+    baseline = scored.filter(pl.col("k") == 1).select("episode_id", pl.col("pre").alias("baseline_pain"))
+    # observations are sorted by (episode_id, date, t): the last one of a week is the final score as of its Sunday
+    finals = (observations.filter(pl.col("date") >= first_day).with_columns(week_index("date"))
+              .group_by("week_index", "episode_id").agg(pl.col("score").last().alias("final_pain"))
+              .join(week_ends, on="week_index")
+              .join(episodes_d.select("episode_id", "referral_date"), on="episode_id")
+              .filter(pl.col("referral_date") <= pl.col("week_end"))
+              .join(baseline, on="episode_id")
+              .filter(pl.col("baseline_pain").is_not_null() & (pl.col("baseline_pain") != 0)))
+    # the same arithmetic as episode_outcomes (64-bit change, then the percentage)
+    change = pl.col("baseline_pain").cast(pl.Float64) - pl.col("final_pain").cast(pl.Float64)
+    pct = 100.0 * change / pl.col("baseline_pain")
+    cohorts = (finals.with_columns(reaches(pct, settings.responder_30_threshold).alias("responder_30"))
+               .group_by("week_index").agg(pl.len().cast(pl.Int64).alias("responder_n"),
+                                           pl.col("responder_30").sum().cast(pl.Int64).alias("responders")))
+    out = week_ends
+    for frame in (per_week(sessions, "session_date", "sessions"), per_week(episodes, "referral_date", "new_episodes"),
+                  cohorts):
+        out = out.join(frame, on="week_index", how="left")
+    return (out.sort("week_index").fill_null(0).select(list(WEEKLY_COHORT_SCHEMA)).cast(WEEKLY_COHORT_SCHEMA))
