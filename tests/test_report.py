@@ -150,6 +150,8 @@ def _assert_png_opens(data: bytes) -> None:
         assert im.width > 300 and im.height > 150, im.size
         extrema = im.convert("L").getextrema()
         assert extrema[0] < extrema[1], "a blank chart"
+        # opaque: the PDF embeds the figures without their alpha channel (render_pdf, mask=None)
+        assert im.mode != "RGBA" or im.getchannel("A").getextrema() == (255, 255), "a transparent chart"
 
 
 # --------------------------------------------------------------------------------------
@@ -195,6 +197,32 @@ def test_pdf_has_the_headline_numbers_methods_and_provenance(main_report):
                     "Methods and definitions", "Provenance"):
         assert heading in lines, heading
     assert WEEK in text and "2026-11-16" in text and "2026-11-22" in text
+
+
+def test_pdf_embeds_every_figure_pixel_for_pixel(main_report):
+    import numpy as np
+    from PIL import Image
+    from pypdf import PdfReader
+
+    figures = {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in (main_report.folder / "figures").glob("*.png")}
+    embedded = [np.asarray(image.image.convert("RGB"))
+                for page in PdfReader(str(main_report.folder / "report.pdf")).pages for image in page.images]
+    assert len(embedded) == len(figures) == len(FIGURES)
+    for name, pixels in figures.items():
+        assert any(e.shape == pixels.shape and (e == pixels).all() for e in embedded), f"{name} is not in the PDF as drawn"
+
+
+def test_pdf_streams_setting_is_restored():
+    from reportlab import rl_config
+
+    from pipelines.reports import render
+
+    before = rl_config.useA85
+    with pytest.raises(RuntimeError):
+        with render._binary_streams():
+            assert rl_config.useA85 == 0
+            raise RuntimeError("a failed build")
+    assert rl_config.useA85 == before
 
 
 def test_pdf_first_page_renders(main_report, tmp_path):
