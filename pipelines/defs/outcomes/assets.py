@@ -14,12 +14,21 @@ from pipelines.outcomes.tables import pain_trajectories as compute_trajectories
 GROUP = "outcomes"
 IO = "processed_io_manager"
 
+# Each step reads only the columns it uses of the large accepted tables (see ProcessedTableIOManager).
+_AS_OF = {"sessions": ["session_date"], "pain_scores": ["timepoint", "recorded_on"]}  # resolve_as_of
+_SCORES = ["episode_id", "session_id", "timepoint", "score", "recorded_on"]
+
+
+def _columns(**tables: list[str]) -> dict[str, dg.AssetIn]:
+    return {name: dg.AssetIn(metadata={"columns": columns}) for name, columns in tables.items()}
+
 
 def _md(frame: pl.DataFrame, rows: int = 20) -> dg.MetadataValue:
     return dg.MetadataValue.md(frame.head(rows).to_pandas().to_markdown(index=False, floatfmt=".3g"))
 
 
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "scored_sessions.parquet"},
+          ins=_columns(sessions=["session_id", "episode_id", "session_date"], pain_scores=_SCORES),
           description="Sessions on or before the as-of date, numbered k = 1..n per episode, with their pre and "
                       "post scores: the step every session-level metric starts from, computed once.")
 def scored_sessions(paths: PipelineConfig, analysis_settings: AnalysisSettings, episodes: pl.DataFrame,
@@ -29,6 +38,7 @@ def scored_sessions(paths: PipelineConfig, analysis_settings: AnalysisSettings, 
 
 
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "episode_outcomes.parquet"},
+          ins=_columns(sessions=_AS_OF["sessions"], pain_scores=_SCORES),
           description="One row per accepted episode referred on or before the as-of date: baseline, "
                       "final, change, responders, sessions to response, exclusion reason (METRICS.md).")
 def episode_outcomes(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings,
@@ -48,6 +58,7 @@ def episode_outcomes(context: dg.AssetExecutionContext, paths: PipelineConfig, a
 
 
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "session_relief.parquet"},
+          ins=_columns(**_AS_OF),
           description="Within-session relief (pre - post) of every session with both scores, as of the as-of date.")
 def session_relief_table(paths: PipelineConfig, analysis_settings: AnalysisSettings, episodes: pl.DataFrame,
                          sessions: pl.DataFrame, pain_scores: pl.DataFrame,
@@ -75,6 +86,7 @@ def clinic_condition_summary(analysis_settings: AnalysisSettings, episode_outcom
 
 
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "pain_trajectories.parquet"},
+          ins=_columns(**_AS_OF),
           description="Mean pre-session pain by session number per condition (and ALL), with n and 95% t interval.")
 def pain_trajectories(paths: PipelineConfig, analysis_settings: AnalysisSettings, episodes: pl.DataFrame,
                       sessions: pl.DataFrame, pain_scores: pl.DataFrame,
