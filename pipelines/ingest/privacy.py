@@ -9,6 +9,9 @@ import polars as pl
 MASK = "***"
 _PHONE_CHARS = r"^[0-9 +\-.()]+$"
 _PHONE_RE = re.compile(_PHONE_CHARS)
+#: the same test as one pattern: only those characters, with at least 9 digits among them
+#: (one regex pass; counting digits in every cell cost more than all other checks together)
+_PHONE = r"^[ +\-.()]*(?:[0-9][ +\-.()]*){9,}$"
 
 
 def looks_like_email(expr: pl.Expr) -> pl.Expr:
@@ -17,7 +20,7 @@ def looks_like_email(expr: pl.Expr) -> pl.Expr:
 
 def looks_like_phone(expr: pl.Expr) -> pl.Expr:
     """Only digits, spaces, +, -, ., (, ) and at least 9 digits."""
-    return expr.str.contains(_PHONE_CHARS) & (expr.str.count_matches(r"[0-9]") >= 9)
+    return expr.str.contains(_PHONE)
 
 
 def looks_like_identifier(expr: pl.Expr) -> pl.Expr:
