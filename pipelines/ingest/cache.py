@@ -16,15 +16,42 @@ The cache is derived state under the processed folder; deleting it is always saf
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import polars as pl
 
 from pipelines.io import atomic_path
 
-RULES_VERSION = "2"
+#: bump when what is cached, or how it is checked, changes
+RULES_VERSION = "3"
+#: the frames of one parsed file, each one Parquet file (empty ones are not written)
+PARTS = ("rows", "side", "ragged")
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _write(target: Path, data: bytes) -> None:
+    """Write beside the target, then rename. Not fsync'ed: an entry is derived state, and
+    its metadata, written last, holds a digest of every data file, so an entry a crash left
+    incomplete reads as a miss."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 class IngestCache:
@@ -60,13 +87,22 @@ class IngestCache:
             self.misses += 1
             return None
         stem = self._stem(known["sha256"], table)
-        meta_path = self.entries / f"{stem}.json"
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads((self.entries / f"{stem}.json").read_text())
             if meta.get("status") == "ingested":
-                meta["checked"] = pl.read_parquet(self.entries / f"{stem}.checked.parquet")
-                meta["ragged"] = pl.read_parquet(self.entries / f"{stem}.ragged.parquet")
-        except (OSError, ValueError, pl.exceptions.PolarsError):
+                schemas = _schemas(table)
+                for part in PARTS:
+                    digest = meta.pop(f"{part}_digest")
+                    if digest is None:
+                        meta[part] = pl.DataFrame(schema=schemas[part])
+                        continue
+                    data = (self.entries / f"{stem}.{part}.parquet").read_bytes()
+                    if _digest(data) != digest:
+                        raise ValueError(f"{stem}.{part}: digest mismatch")
+                    meta[part] = pl.read_parquet(io.BytesIO(data))
+                    if meta[part].schema != pl.Schema(schemas[part]):
+                        raise ValueError(f"{stem}.{part}: unexpected schema")
+        except (OSError, ValueError, KeyError, TypeError, pl.exceptions.PolarsError):
             self.misses += 1
             return None
         self.seen[relpath] = known
@@ -80,13 +116,20 @@ class IngestCache:
             return
         self.entries.mkdir(parents=True, exist_ok=True)
         stem = self._stem(sha256, table)
+        meta = {k: v for k, v in parsed.items() if k not in PARTS}
         if parsed["status"] == "ingested":
-            for part in ("checked", "ragged"):
-                with atomic_path(self.entries / f"{stem}.{part}.parquet") as tmp:
-                    parsed[part].write_parquet(tmp)
-        meta = {k: v for k, v in parsed.items() if k not in ("checked", "ragged")}
-        with atomic_path(self.entries / f"{stem}.json") as tmp:
-            tmp.write_text(json.dumps(meta))
+            for part in PARTS:
+                frame = parsed[part]
+                if frame.height == 0:
+                    meta[f"{part}_digest"] = None
+                    continue
+                buffer = io.BytesIO()
+                # light compression: the cache is read back whole, and written on every new file
+                frame.write_parquet(buffer, compression="lz4", statistics=False)
+                data = buffer.getvalue()
+                _write(self.entries / f"{stem}.{part}.parquet", data)
+                meta[f"{part}_digest"] = _digest(data)
+        _write(self.entries / f"{stem}.json", json.dumps(meta).encode())
         self.seen[relpath] = {**signature, "sha256": sha256}
 
     def finish(self) -> None:
@@ -104,3 +147,12 @@ class IngestCache:
                     os.unlink(entry)
                 except OSError:
                     pass
+
+
+def _schemas(table: str) -> dict[str, dict]:
+    from pipelines.ingest.core import RAGGED_SCHEMA
+    from pipelines.ingest.spec import TABLES
+    from pipelines.ingest.validate import rows_schema, side_schema
+
+    spec = TABLES[table]
+    return {"rows": rows_schema(spec), "side": side_schema(spec), "ragged": RAGGED_SCHEMA}

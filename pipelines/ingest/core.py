@@ -5,32 +5,52 @@ CONTRACT.md, "Rows that break a rule": files (rule 1, :mod:`reader`), rows on th
 Tables are settled in the order episodes, sessions, pain_scores, each against the
 accepted rows of the one before. Every row of a read file ends in exactly one of
 accepted, duplicate, superseded or rejected.
+
+Rows travel as typed values only, in file and line order; raw text is kept only for rows
+rejected by rule 2 and for the few cells their typed values do not print back
+(:func:`pipelines.ingest.validate.check_rows`), and is put back on the rows a later rule
+rejects.
 """
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import polars as pl
 
 from pipelines.ingest.cache import IngestCache
-from pipelines.ingest.keys import settle_keys
+from pipelines.ingest.keys import ACCEPTED, REJECTED, STATUS_NAMES, settle_keys
 from pipelines.ingest.privacy import mask_expr
-from pipelines.ingest.reader import RawFile, RefusedFile, discover, read_file
+from pipelines.ingest.reader import RawFile, ReadFile, RefusedFile, discover, read_file
 from pipelines.ingest.spec import TABLE_ORDER, TABLES, TableSpec
 from pipelines.ingest.validate import _reason as _rule
-from pipelines.ingest.validate import check_rows, reasons_for_failures, with_run_date_rule
+from pipelines.ingest.validate import (
+    check_rows, failing_rows, rows_schema, run_date_rules, side_schema, with_raw,
+)
 from pipelines.vocabulary import Vocabulary
 
 STATUSES = ("accepted", "duplicate", "superseded", "rejected")
+assert STATUSES == STATUS_NAMES
 
 REJECTED_SCHEMA = {"source_file": pl.String, "line": pl.Int64, "table": pl.String,
                    "reasons": pl.String, "raw": pl.String}
 AUDIT_SCHEMA = {"source_file": pl.String, "table": pl.String, "status": pl.String, "reason": pl.String,
                 "rows_read": pl.Int64, "accepted": pl.Int64, "duplicate": pl.Int64,
                 "superseded": pl.Int64, "rejected": pl.Int64, "sha256": pl.String}
+RAGGED_SCHEMA = {"line": pl.Int64, "reasons": pl.String, "raw": pl.String}
+
+#: rows checked in one vectorised pass: large enough that per-operation costs vanish, small
+#: enough that the raw text of one batch is all that is held at a time
+CHUNK_ROWS = int(os.environ.get("OUTCOMES_INGEST_CHUNK_ROWS", "2000000"))
+#: files read at the same time (reading, hashing and parsing release the GIL)
+READ_THREADS = max(1, int(os.environ.get("OUTCOMES_INGEST_THREADS", str(min(4, os.cpu_count() or 1)))))
 
 
 @dataclass
@@ -45,52 +65,54 @@ class IngestResult:
         return getattr(self, name)
 
 
-def _reference_reasons(table: str, rows: pl.DataFrame, accepted: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    """Rule 3: add ``ref_reasons`` (list) against the accepted rows of earlier tables."""
+def _reference_rules(table: str, rows: pl.DataFrame,
+                     accepted: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, list, list[str]]:
+    """Rule 3: the rows with the looked-up columns the rules need, the rules, and those columns."""
     if table == "episodes":
-        return rows.with_columns(pl.lit([], pl.List(pl.String)).alias("ref_reasons"))
-    episodes = accepted["episodes"].select("episode_id", pl.col("referral_date").alias("_referral"),
-                                           pl.lit(True).alias("_episode_ok"))
-    rows = rows.join(episodes, on="episode_id", how="left")
-    no_episode = _rule(pl.col("_episode_ok").is_null(), "episode_id: '", pl.col("episode_id"),
+        return rows, [], []
+    episodes = accepted["episodes"]
+    # accepted keys are unique: a lookup keeps the rows' order and adds one value per row
+    # (null: no such accepted episode, referral_date being required)
+    rows = rows.with_columns(pl.col("episode_id").replace_strict(
+        episodes["episode_id"], episodes["referral_date"], default=None, return_dtype=pl.Date).alias("_referral"))
+    no_episode = _rule(pl.col("_referral").is_null(), "episode_id: '", pl.col("episode_id"),
                        "' is not an accepted episode")
     if table == "sessions":
         rules = [no_episode,
                  _rule(pl.col("session_date") < pl.col("_referral"), "session_date: ",
                        pl.col("session_date").cast(pl.String), " is before the episode's referral_date ",
                        pl.col("_referral").cast(pl.String))]
-        drop = ["_referral", "_episode_ok"]
-    else:
-        sessions = accepted["sessions"].select("session_id", pl.col("episode_id").alias("_session_episode"))
-        rows = rows.join(sessions, on="session_id", how="left")
-        prepost = pl.col("timepoint").is_in(["pre", "post"])
-        rules = [
-            no_episode,
-            _rule(prepost & pl.col("_session_episode").is_null(), "session_id: '", pl.col("session_id"),
-                  "' is not an accepted session"),
-            _rule(prepost & (pl.col("_session_episode") != pl.col("episode_id")), "session_id: '",
-                  pl.col("session_id"), "' belongs to episode '", pl.col("_session_episode"),
-                  "', not '", pl.col("episode_id"), "'"),
-            _rule((pl.col("timepoint") == "followup") & (pl.col("recorded_on") < pl.col("_referral")),
-                  "recorded_on: ", pl.col("recorded_on").cast(pl.String),
-                  " is before the episode's referral_date ", pl.col("_referral").cast(pl.String)),
-        ]
-        drop = ["_referral", "_episode_ok", "_session_episode"]
-    identity = {c: c for c in rows.columns}
-    checked = reasons_for_failures(rows, rules, identity)
-    return checked.rename({"reasons": "ref_reasons"}).drop(drop)
+        return rows, rules, ["_referral"]
+    sessions = accepted["sessions"]
+    rows = rows.with_columns(pl.col("session_id").replace_strict(
+        sessions["session_id"], sessions["episode_id"], default=None,
+        return_dtype=pl.String).alias("_session_episode"))
+    prepost = pl.col("timepoint").is_in(["pre", "post"])
+    rules = [
+        no_episode,
+        _rule(prepost & pl.col("_session_episode").is_null(), "session_id: '", pl.col("session_id"),
+              "' is not an accepted session"),
+        _rule(prepost & (pl.col("_session_episode") != pl.col("episode_id")), "session_id: '",
+              pl.col("session_id"), "' belongs to episode '", pl.col("_session_episode"),
+              "', not '", pl.col("episode_id"), "'"),
+        _rule((pl.col("timepoint") == "followup") & (pl.col("recorded_on") < pl.col("_referral")),
+              "recorded_on: ", pl.col("recorded_on").cast(pl.String),
+              " is before the episode's referral_date ", pl.col("_referral").cast(pl.String)),
+    ]
+    return rows, rules, ["_referral", "_session_episode"]
 
 
-def _key(table: str) -> tuple[pl.Expr, pl.Expr]:
-    """The key of a row as one comparable string, and a label for reasons."""
+def _key(table: str) -> tuple[list[pl.Expr], pl.Expr]:
+    """The key of a row (expressions whose values together are the key), and a label for reasons."""
     if table == "episodes":
-        return pl.col("episode_id"), pl.concat_str([pl.lit("episode_id '"), pl.col("episode_id"), pl.lit("'")])
+        return [pl.col("episode_id")], pl.concat_str([pl.lit("episode_id '"), pl.col("episode_id"), pl.lit("'")])
     if table == "sessions":
-        return pl.col("session_id"), pl.concat_str([pl.lit("session_id '"), pl.col("session_id"), pl.lit("'")])
+        return [pl.col("session_id")], pl.concat_str([pl.lit("session_id '"), pl.col("session_id"), pl.lit("'")])
     followup = pl.col("timepoint") == "followup"
-    key = pl.when(followup).then(
-        pl.concat_str([pl.lit("F\x1f"), pl.col("episode_id"), pl.lit("\x1f"), pl.col("recorded_on").cast(pl.String)])
-    ).otherwise(pl.concat_str([pl.lit("S\x1f"), pl.col("session_id"), pl.lit("\x1f"), pl.col("timepoint")]))
+    # followups by (episode_id, recorded_on), pre/post by (session_id, timepoint)
+    key = [pl.col("timepoint"),
+           pl.when(followup).then(pl.col("episode_id")).otherwise(pl.col("session_id")),
+           pl.when(followup).then(pl.col("recorded_on"))]
     label = pl.when(followup).then(
         pl.concat_str([pl.lit("followup key (episode_id '"), pl.col("episode_id"), pl.lit("', recorded_on "),
                        pl.col("recorded_on").cast(pl.String), pl.lit(")")])
@@ -99,30 +121,7 @@ def _key(table: str) -> tuple[pl.Expr, pl.Expr]:
     return key, label
 
 
-def _settle_table(spec: TableSpec, rows: pl.DataFrame, accepted: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    """Run rules 3 and 4 on rows that passed rule 2; returns rows with status and reasons."""
-    passed = rows.filter(pl.col("reasons").list.len() == 0).drop("reasons")
-    failed = rows.filter(pl.col("reasons").list.len() > 0).with_columns(pl.lit("rejected").alias("status"))
-    passed = _reference_reasons(spec.name, passed, accepted).with_columns(
-        pl.lit([], pl.List(pl.String)).alias("reasons"))
-    ref_failed = passed.filter(pl.col("ref_reasons").list.len() > 0).with_columns(
-        pl.col("ref_reasons").alias("reasons"), pl.lit("rejected").alias("status"))
-    passed = passed.filter(pl.col("ref_reasons").list.len() == 0)
-    key, label = _key(spec.name)
-    settled = settle_keys(passed, key, label, spec.names).with_columns(
-        pl.when(pl.col("status") == "rejected").then(pl.col("key_reasons")).otherwise(pl.col("reasons"))
-        .alias("reasons"))
-    columns = failed.columns
-    return pl.concat([failed, ref_failed.select(columns), settled.select(columns)], how="vertical")
-
-
-def _empty_checked(spec: TableSpec) -> pl.DataFrame:
-    frame = pl.DataFrame(schema={"line": pl.Int64, **{c: pl.String for c in spec.names}}).with_columns(
-        pl.lit(None, pl.String).alias("source_file"), pl.lit(None, pl.Int64).alias("file_idx"))
-    return check_rows(frame, spec, Vocabulary(lookup={}, labels={}, source=""))
-
-
-def _notes(read) -> str | None:
+def _notes(read: ReadFile) -> str | None:
     notes = []
     if read.extra_columns:
         notes.append("extra columns ignored: " + ", ".join(read.extra_columns))
@@ -131,37 +130,142 @@ def _notes(read) -> str | None:
     return "; ".join(notes) or None
 
 
+def _read_one(raw: RawFile) -> ReadFile | dict:
+    try:
+        return read_file(raw, TABLES[raw.table])
+    except RefusedFile as exc:
+        return {"status": "refused", "reason": str(exc), "sha256": None}
+    except OSError as exc:
+        return {"status": "refused", "reason": f"cannot be opened: {exc.strerror or exc}", "sha256": None}
+
+
+def _read_files(files: list[RawFile]) -> Iterator[tuple[int, ReadFile | dict]]:
+    """Each file read (or its refusal), in order; a few files are read ahead in threads."""
+    if READ_THREADS == 1 or len(files) < 2:
+        for position, raw in enumerate(files):
+            yield position, _read_one(raw)
+        return
+    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="ingest-read") as pool:
+        ahead: deque = deque()
+        upcoming = iter(enumerate(files))
+        for position, raw in upcoming:
+            ahead.append((position, pool.submit(_read_one, raw)))
+            if len(ahead) >= 2 * READ_THREADS:
+                break
+        while ahead:
+            position, future = ahead.popleft()
+            for next_position, raw in upcoming:
+                ahead.append((next_position, pool.submit(_read_one, raw)))
+                break
+            yield position, future.result()
+
+
+def _split(frame: pl.DataFrame, parts: int) -> list[pl.DataFrame]:
+    """``frame`` (in ``_part`` order) cut into one frame per part, without copying."""
+    counts = np.bincount(frame["_part"].to_numpy(), minlength=parts)
+    frame = frame.drop("_part")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return [frame.slice(int(start), int(count)) for start, count in zip(starts, counts)]
+
+
 def parse_files(files: list[RawFile], vocabulary: Vocabulary) -> list[dict]:
     """Rules 1 and 2 (without the run-date rule) for each file: status, reason, sha256 and,
-    for readable files, the row-checked rows and the rows with the wrong number of fields.
+    for readable files, the rows that passed (``rows``, typed), the ``side`` table
+    (:func:`check_rows`) and the rows with the wrong number of fields (``ragged``).
 
-    The row rules run in one vectorised pass per table over all the files given.
+    The row rules run in one vectorised pass per table over batches of files.
     """
-    parsed: list[dict] = []
-    frames: dict[str, list[pl.DataFrame]] = {t: [] for t in TABLE_ORDER}
-    positions: dict[str, list[int]] = {t: [] for t in TABLE_ORDER}
-    for position, raw in enumerate(files):
-        spec = TABLES[raw.table]
-        try:
-            read = read_file(raw, spec)
-        except RefusedFile as exc:
-            parsed.append({"status": "refused", "reason": str(exc), "sha256": None})
-            continue
-        except OSError as exc:
-            parsed.append({"status": "refused", "reason": f"cannot be opened: {exc.strerror or exc}", "sha256": None})
-            continue
-        parsed.append({"status": "ingested", "reason": _notes(read), "sha256": read.sha256, "ragged": read.ragged})
-        frames[raw.table].append(read.frame.with_columns(pl.lit(position, pl.Int64).alias("_part")))
-        positions[raw.table].append(position)
-    for table, parts in frames.items():
+    parsed: list[dict] = [{} for _ in files]
+    pending: dict[str, list[tuple[int, pl.DataFrame]]] = {t: [] for t in TABLE_ORDER}
+    pending_rows = dict.fromkeys(TABLE_ORDER, 0)
+
+    def check(table: str) -> None:
+        parts = pending[table]
         if not parts:
+            return
+        frame = pl.concat([f for _, f in parts], how="diagonal_relaxed")
+        part = np.repeat(np.arange(len(parts), dtype=np.int32), [f.height for _, f in parts])
+        rows, side = check_rows(frame.with_columns(pl.Series("_part", part)), TABLES[table], vocabulary)
+        for (position, _), r, s in zip(parts, _split(rows, len(parts)), _split(side, len(parts))):
+            parsed[position]["rows"] = r
+            parsed[position]["side"] = s
+        pending[table] = []
+        pending_rows[table] = 0
+
+    for position, read in _read_files(files):
+        if isinstance(read, dict):
+            parsed[position] = read
             continue
-        checked = check_rows(pl.concat(parts, how="diagonal_relaxed"), TABLES[table], vocabulary)
-        by_part = checked.partition_by("_part", as_dict=True, include_key=False)
-        empty = checked.clear().drop("_part")
-        for part in positions[table]:
-            parsed[part]["checked"] = by_part.get((part,), empty)
+        table = files[position].table
+        parsed[position] = {"status": "ingested", "reason": _notes(read), "sha256": read.sha256,
+                            "ragged": read.ragged}
+        pending[table].append((position, read.frame))
+        pending_rows[table] += read.frame.height
+        if pending_rows[table] >= CHUNK_ROWS:
+            check(table)
+    for table in TABLE_ORDER:
+        check(table)
     return parsed
+
+
+def _concat(frames: list[pl.DataFrame], file_idx: list[int], schema: dict) -> pl.DataFrame:
+    """Frames of several files as one, with ``file_idx`` (in file order)."""
+    if not frames:
+        return pl.DataFrame(schema={**schema, "file_idx": pl.Int32})
+    frame = pl.concat([f.select(list(schema)) for f in frames], how="vertical")
+    idx = np.repeat(np.asarray(file_idx, dtype=np.int32), [f.height for f in frames])
+    return frame.with_columns(pl.Series("file_idx", idx, dtype=pl.Int32))
+
+
+def _settle_table(spec: TableSpec, rows: pl.DataFrame, side: pl.DataFrame, today: date,
+                  accepted: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, list[pl.DataFrame], np.ndarray]:
+    """Rules 2 (run date), 3 and 4 for one table.
+
+    ``rows``: rows that passed the rest of rule 2 (typed, in file order); ``side``: see
+    :func:`check_rows`. Returns the accepted rows (in file order), the rejected rows
+    (``file_idx``, ``line``, ``reasons``, ``raw_<col>``) and the counts of accepted,
+    duplicate and superseded rows per file (``[file_idx, status]``).
+    """
+    raw_columns = [f"raw_{c}" for c in spec.names]
+    out_columns = ["file_idx", "line", "reasons", *raw_columns]
+    failed = side.filter(pl.col("reasons").list.len() > 0)
+    kept = side.filter(pl.col("reasons").list.len() == 0)
+    date_rules = run_date_rules(spec, today)
+    rejected: list[pl.DataFrame] = []
+
+    # rule 2, the run date: added to the reasons of rows failing already, and rejecting others
+    passing_failed, failed_later = failing_rows(failed, date_rules, existing="reasons")
+    rejected += [passing_failed.select(out_columns), failed_later.select(out_columns)]
+    if date_rules:
+        future = pl.any_horizontal([cond for cond, _ in date_rules])
+        in_future = rows.filter(future)
+        if in_future.height:
+            rows = rows.filter(~future)
+            _, bad = failing_rows(with_raw(in_future, kept, spec), date_rules)
+            rejected.append(bad.select(out_columns))
+
+    # rule 3, references
+    looked_up, rules, lookups = _reference_rules(spec.name, rows, accepted)
+    if rules:
+        rows, bad = failing_rows(looked_up, rules)
+        rows = rows.drop(lookups)
+        if bad.height:
+            rejected.append(with_raw(bad.drop(lookups), kept, spec).select(out_columns))
+
+    # rule 4, keys
+    key, label = _key(spec.name)
+    status, conflicts = settle_keys(rows, key, spec.names)
+    if conflicts.height:
+        bad = rows.with_row_index("_i").with_columns(pl.col("_i").cast(pl.Int64)).join(
+            conflicts, on="_i", how="inner").with_columns(pl.concat_list([
+                pl.concat_str([label, pl.lit(": different versions of this key in the same file (lines "),
+                               pl.col("_lines"), pl.lit("), keep one version per export")])]).alias("reasons"))
+        rejected.append(with_raw(bad, kept, spec).select(out_columns))
+    file_idx = rows["file_idx"].to_numpy()
+    counts = np.bincount(file_idx.astype(np.int64) * 4 + status, minlength=4 * (int(file_idx.max()) + 1)
+                         if file_idx.size else 0).reshape(-1, 4)
+    accepted_rows = rows.filter(pl.Series(status == ACCEPTED))
+    return accepted_rows, rejected, counts
 
 
 def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | None = None,
@@ -197,7 +301,7 @@ def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | Non
         cache.finish()
 
     file_rows: list[dict] = []
-    checked: dict[str, list[pl.DataFrame]] = {t: [] for t in TABLE_ORDER}
+    parts: dict[str, dict[str, list]] = {t: {"rows": [], "side": [], "idx": []} for t in TABLE_ORDER}
     ragged: list[pl.DataFrame] = []
     for file_idx, raw in enumerate(files):
         entry = {"source_file": raw.relpath, "table": raw.table, "status": "ignored", "reason": None,
@@ -206,49 +310,56 @@ def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | Non
         if raw.table is None:
             entry["reason"] = "name does not match episodes*, sessions* or pain_scores* (.csv or .parquet)"
             continue
-        parsed = results[file_idx]
+        parsed = results.pop(file_idx)
         entry.update(status=parsed["status"], reason=parsed["reason"], sha256=parsed["sha256"])
         if parsed["status"] != "ingested":
             continue
-        checked[raw.table].append(parsed["checked"].with_columns(
-            pl.lit(raw.relpath).alias("source_file"), pl.lit(file_idx, pl.Int64).alias("file_idx")))
+        table = parts[raw.table]
+        table["rows"].append(parsed["rows"])
+        table["side"].append(parsed["side"])
+        table["idx"].append(file_idx)
         if parsed["ragged"].height:
             ragged.append(parsed["ragged"].with_columns(pl.lit(raw.relpath).alias("source_file"),
                                                        pl.lit(raw.table).alias("table")))
 
+    source_files = pl.Series("source_file", [f.relpath for f in files], dtype=pl.String)
     accepted: dict[str, pl.DataFrame] = {}
-    statuses: list[pl.DataFrame] = []
+    counts = np.zeros((len(files), 4), dtype=np.int64)
     rejected: list[pl.DataFrame] = [r.select(list(REJECTED_SCHEMA)) for r in ragged]
     for table in TABLE_ORDER:
         spec = TABLES[table]
-        rows = pl.concat(checked[table], how="vertical_relaxed") if checked[table] else _empty_checked(spec)
-        rows = with_run_date_rule(rows, spec, today)
-        settled = _settle_table(spec, rows, accepted)
-        accepted[table] = (settled.filter(pl.col("status") == "accepted")
-                           .sort("file_idx", "line").select(*spec.names, "source_file", "line"))
-        statuses.append(settled.select("source_file", "status"))
-        bad = settled.filter(pl.col("status") == "rejected")
+        rows = _concat(parts[table]["rows"], parts[table]["idx"], rows_schema(spec))
+        side = _concat(parts[table]["side"], parts[table]["idx"], side_schema(spec))
+        del parts[table]
+        settled, bad, table_counts = _settle_table(spec, rows, side, today, accepted)
+        del rows
+        counts[:table_counts.shape[0]] += table_counts
+        accepted[table] = settled.select(
+            *spec.names, _source_file(settled["file_idx"], source_files), "line")
         raw_json = pl.struct([mask_expr(pl.col(f"raw_{c}")).alias(c) for c in spec.names]).struct.json_encode()
-        rejected.append(bad.sort("file_idx", "line").select(
-            "source_file", "line", pl.lit(table).alias("table"),
+        bad_rows = pl.concat(bad, how="vertical")
+        rejected.append(bad_rows.select(
+            _source_file(bad_rows["file_idx"], source_files), "line", pl.lit(table).alias("table"),
             pl.col("reasons").list.join("; ").alias("reasons"), raw_json.alias("raw")))
 
     rejected_df = pl.concat([r.cast(REJECTED_SCHEMA) for r in rejected], how="vertical")
     rejected_df = rejected_df.sort("source_file", "line")
-    audit = _audit(file_rows, statuses, rejected_df)
+    audit = _audit(file_rows, counts, rejected_df)
     return IngestResult(episodes=accepted["episodes"], sessions=accepted["sessions"],
                         pain_scores=accepted["pain_scores"], rejected=rejected_df, audit=audit)
 
 
-def _audit(file_rows: list[dict], statuses: list[pl.DataFrame], rejected: pl.DataFrame) -> pl.DataFrame:
+def _source_file(file_idx: pl.Series, source_files: pl.Series) -> pl.Series:
+    """The relative path of each row's file."""
+    return source_files.gather(file_idx.cast(pl.UInt32)).alias("source_file")
+
+
+def _audit(file_rows: list[dict], counts: np.ndarray, rejected: pl.DataFrame) -> pl.DataFrame:
     files = pl.DataFrame(file_rows, schema={k: AUDIT_SCHEMA[k] for k in ("source_file", "table", "status", "reason",
                                                                           "sha256")})
-    status_rows = pl.concat(statuses, how="vertical").filter(pl.col("status") != "rejected")
-    counts = (status_rows.group_by("source_file").agg(
-        [(pl.col("status") == s).sum().cast(pl.Int64).alias(s) for s in STATUSES[:3]]))
+    files = files.with_columns([pl.Series(s, counts[:, i], dtype=pl.Int64) for i, s in enumerate(STATUSES[:3])])
     rejected_counts = rejected.group_by("source_file").agg(pl.len().cast(pl.Int64).alias("rejected"))
-    audit = (files.join(counts, on="source_file", how="left")
-             .join(rejected_counts, on="source_file", how="left")
+    audit = (files.join(rejected_counts, on="source_file", how="left", maintain_order="left")
              .with_columns([pl.col(s).fill_null(0) for s in STATUSES]))
     audit = audit.with_columns(sum(pl.col(s) for s in STATUSES).alias("rows_read"))
     return audit.select(list(AUDIT_SCHEMA)).cast(AUDIT_SCHEMA)

@@ -2,67 +2,100 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
-_SEP = "\x1f"
-_NULL = "\x00"
+ACCEPTED, DUPLICATE, SUPERSEDED, REJECTED = 0, 1, 2, 3
+STATUS_NAMES = ("accepted", "duplicate", "superseded", "rejected")
 
 
-def content_expr(columns: list[str]) -> pl.Expr:
-    """Exact, comparable text of a row's normalised contract columns (nulls distinct from "")."""
-    return pl.concat_str([pl.col(c).cast(pl.String).fill_null(_NULL) for c in columns], separator=_SEP)
+def _same(column: str, dtype: pl.DataType, other: pl.Expr) -> pl.Expr:
+    """Exactly equal (nulls equal each other). Floats also by the sign of zero: versions are
+    compared as written once normalised, and ``-0`` is not written ``0``."""
+    this = pl.col(column)
+    equal = this.eq_missing(other)
+    if dtype.is_float():
+        equal = equal & (pl.lit(1.0) / this).eq_missing(pl.lit(1.0) / other)
+    return equal
 
 
-def settle_keys(rows: pl.DataFrame, key: pl.Expr, key_label: pl.Expr, content_columns: list[str]) -> pl.DataFrame:
-    """Give every row a ``status`` (accepted / duplicate / superseded / rejected).
+def settle_keys(rows: pl.DataFrame, key: list[pl.Expr], content_columns: list[str]) -> tuple[np.ndarray, pl.DataFrame]:
+    """The status of every row (accepted / duplicate / superseded / rejected, as codes).
 
-    ``rows`` passed rules 2 and 3 and carries ``file_idx`` (file order) and ``line``.
-    Conflicting versions inside one file are all rejected (with a reason); identical rows
-    inside one file keep one representative (the last); across files the last file's
-    representative is accepted and earlier ones are duplicates if equal, else superseded.
+    ``rows`` passed rules 2 and 3, carries ``file_idx`` (file order) and ``line`` and is in
+    that order. ``key``: expressions whose values together are a row's key. Conflicting
+    versions inside one file are all rejected; identical rows inside one file keep one
+    representative (the last); across files the last file's representative is accepted and
+    earlier ones are duplicates if equal, else superseded. Versions are compared on their
+    normalised ``content_columns``, exactly.
+
+    Returns the status codes (aligned with ``rows``) and, for the rejected rows, a frame with
+    their position ``_i`` and the ``_lines`` of their file that hold the key.
     """
-    if rows.height == 0:
-        return rows.with_columns(pl.lit(None, pl.String).alias("status"),
-                                 pl.lit([], pl.List(pl.String)).alias("key_reasons"))
-    rows = rows.with_columns(key.alias("_key"))
-    # a key seen once is accepted as it is; only shared keys need their contents compared
-    shared = pl.col("_key").is_duplicated()
-    single = rows.filter(~shared).with_columns(pl.lit("accepted").alias("status"),
-                                               pl.lit([], pl.List(pl.String)).alias("key_reasons")).drop("_key")
-    rows = rows.filter(shared)
-    if rows.height == 0:
-        return single
-    rows = rows.with_columns(content_expr(content_columns).alias("_content"))
-    in_file = ["file_idx", "_key"]
-    rows = rows.with_columns(
-        (pl.col("_content").n_unique().over(in_file) > 1).alias("_conflict"),
-        (pl.col("line") == pl.col("line").max().over(in_file)).alias("_representative"),
+    n = rows.height
+    status = np.full(n, ACCEPTED, dtype=np.uint8)
+    no_conflicts = pl.DataFrame(schema={"_i": pl.Int64, "_lines": pl.String})
+    if n == 0:
+        return status, no_conflicts
+    key_names = [f"_k{i}" for i in range(len(key))]
+    keys = rows.select([k.alias(name) for k, name in zip(key, key_names)])
+    # a key seen once is accepted as it is; a hash finds the (few) shared keys cheaply, and
+    # everything after compares the keys themselves (a hash collision only costs time)
+    hashed = keys.select(pl.struct(key_names).hash().alias("_h")).to_series()
+    shared = np.flatnonzero(hashed.is_duplicated().to_numpy())
+    if shared.size == 0:
+        return status, no_conflicts
+    dtypes = rows.schema
+    sub = pl.concat([rows.select("file_idx", "line", *content_columns), keys,
+                     hashed.to_frame()], how="horizontal").select(pl.all().gather(shared))
+    sub = sub.with_columns(pl.Series("_i", shared, dtype=pl.Int64))
+    # rows are in file order, so a stable sort by key puts each key's rows in file, line order
+    sub = sub.sort("_h", maintain_order=True)
+    first = pl.int_range(pl.len()) == 0
+    key_change = pl.any_horizontal([~pl.col(k).eq_missing(pl.col(k).shift()) for k in key_names])
+    hash_change = (pl.col("_h") != pl.col("_h").shift()).fill_null(True)
+    if sub.select((key_change & ~hash_change & ~first).any()).item():
+        sub = sub.sort(key_names, maintain_order=True)
+        boundary = key_change | first
+    else:
+        boundary = hash_change
+    pos = pl.int_range(pl.len(), dtype=pl.Int64)
+    same_as_previous = pl.all_horizontal([_same(c, dtypes[c], pl.col(c).shift()) for c in content_columns])
+    sub = sub.with_columns(boundary.alias("_g_start")).with_columns(
+        (pl.col("_g_start") | (pl.col("file_idx") != pl.col("file_idx").shift()).fill_null(True)).alias("_f_start"))
+    sub = sub.with_columns(
+        (~pl.col("_f_start") & ~same_as_previous).cast(pl.UInt32).cum_sum().alias("_changes"),
+        pl.col("_f_start").shift(-1, fill_value=True).alias("_f_end"),
+        pl.col("_g_start").shift(-1, fill_value=True).alias("_g_end"),
     )
-    conflict_lines = (
-        rows.filter(pl.col("_conflict"))
-        .group_by(in_file)
-        .agg(pl.col("line").sort().cast(pl.String).str.join(", ").alias("_lines"))
-    )
-    rows = rows.join(conflict_lines, on=in_file, how="left")
-    candidates = pl.col("_representative") & ~pl.col("_conflict")
-    rows = rows.with_columns(
-        pl.when(candidates).then(pl.col("file_idx")).otherwise(None).max().over("_key").alias("_winner_file"))
-    winner_content = (
-        rows.filter(candidates & (pl.col("file_idx") == pl.col("_winner_file")))
-        .select("_key", pl.col("_content").alias("_winner_content"))
-    )
-    rows = rows.join(winner_content, on="_key", how="left")
-    status = (
-        pl.when(pl.col("_conflict")).then(pl.lit("rejected"))
-        .when(~pl.col("_representative")).then(pl.lit("duplicate"))
-        .when(pl.col("file_idx") == pl.col("_winner_file")).then(pl.lit("accepted"))
-        .when(pl.col("_content") == pl.col("_winner_content")).then(pl.lit("duplicate"))
-        .otherwise(pl.lit("superseded"))
-    )
-    reason = pl.when(pl.col("_conflict")).then(pl.concat_list([
-        pl.concat_str([key_label, pl.lit(": different versions of this key in the same file (lines "),
-                       pl.col("_lines"), pl.lit("), keep one version per export")])
-    ])).otherwise(pl.lit([], pl.List(pl.String)))
-    settled = rows.with_columns(status.alias("status"), reason.alias("key_reasons")).drop(
-        "_key", "_content", "_conflict", "_representative", "_lines", "_winner_file", "_winner_content")
-    return pl.concat([single, settled], how="vertical")
+    # a file's rows of one key conflict when any of them differs from the one before it
+    sub = sub.with_columns(
+        (pl.when(pl.col("_f_end")).then(pl.col("_changes")).backward_fill()
+         > pl.when(pl.col("_f_start")).then(pl.col("_changes")).forward_fill()).alias("_conflict"))
+    # the winner: the last representative (last row of its file) of a file without conflict
+    candidate = pl.col("_f_end") & ~pl.col("_conflict")
+    sub = sub.with_columns(
+        pl.when(candidate).then(pos).forward_fill().alias("_last_candidate"),
+        pl.when(pl.col("_g_start")).then(pos).forward_fill().alias("_g_first"))
+    winner_at_end = pl.when(pl.col("_g_end")).then(pl.col("_last_candidate")).backward_fill()
+    sub = sub.with_columns(
+        pl.when(winner_at_end >= pl.col("_g_first")).then(winner_at_end).otherwise(pos).alias("_winner"))
+    winner = pl.col("_winner")
+    equal_to_winner = pl.all_horizontal([_same(c, dtypes[c], pl.col(c).gather(winner)) for c in content_columns])
+    code = (
+        pl.when(pl.col("_conflict")).then(pl.lit(REJECTED))
+        .when(~pl.col("_f_end")).then(pl.lit(DUPLICATE))
+        .when(pos == winner).then(pl.lit(ACCEPTED))
+        .when(equal_to_winner).then(pl.lit(DUPLICATE))
+        .otherwise(pl.lit(SUPERSEDED))
+    ).cast(pl.UInt8)
+    settled = sub.select("_i", code.alias("_status"), "_conflict", "line",
+                         pl.col("_f_start").cum_sum().alias("_f_group"))
+    status[settled["_i"].to_numpy()] = settled["_status"].to_numpy()
+    conflicted = settled.filter(pl.col("_conflict"))
+    if conflicted.height == 0:
+        return status, no_conflicts
+    lines = conflicted.group_by("_f_group").agg(
+        pl.col("line").sort().cast(pl.String).str.join(", ").alias("_lines"))
+    conflicts = conflicted.join(lines, on="_f_group", how="left").select("_i", "_lines")
+    return status, conflicts

@@ -1,14 +1,18 @@
 """Rule 2 of CONTRACT.md, the row on its own, vectorised in polars.
 
-``check_rows`` adds the typed, normalised value of every contract column (``<col>``
-replaced in place) and a ``reasons`` list: empty when the row passes. Every reason
-starts with the column it concerns and says which rule failed, so staff can fix it.
+``check_rows`` types every contract column and splits the rows into those that pass (typed
+values only) and a side table with the reasons and raw values of those that fail. Every
+reason starts with the column it concerns and says which rule failed, so staff can fix it.
+Raw text is kept only where it is needed: a rejected row shows its raw values, and a
+passing row's raw values are its typed values printed back, except the few cells kept in
+the side table because they were written differently (``LBP``, ``7.0``).
 """
 
 from __future__ import annotations
 
 from datetime import date
 
+import numpy as np
 import polars as pl
 
 from pipelines.ingest.privacy import looks_like_email, looks_like_phone, mask_expr
@@ -29,9 +33,7 @@ def _shown(col: str) -> pl.Expr:
 
 
 def _stored(col: str) -> pl.Expr:
-    value = mask_expr(pl.col(col))
-    return pl.when(value.str.len_chars() > STORED_CELL_CHARS).then(
-        value.str.slice(0, STORED_CELL_CHARS) + "…").otherwise(value)
+    return _stored_expr(pl.col(col))
 
 
 def _quoted(col: str) -> pl.Expr:
@@ -41,36 +43,11 @@ def _quoted(col: str) -> pl.Expr:
 def _reason(condition: pl.Expr, *parts: pl.Expr | str) -> tuple[pl.Expr, pl.Expr]:
     """A rule: when it fails (over typed and raw values), and its text (over raw values only).
 
-    Texts are built only for the rows that fail (:func:`reasons_for_failures`): most rows pass,
+    Texts are built only for the rows that fail (:func:`failing_rows`): most rows pass,
     and formatting a message for every row would cost more than the checks themselves.
     """
     text = pl.concat_str([p if isinstance(p, pl.Expr) else pl.lit(p) for p in parts])
     return condition.fill_null(False), text
-
-
-def reasons_for_failures(frame: pl.DataFrame, rules: list[tuple[pl.Expr, pl.Expr]],
-                         text_columns: dict[str, str], existing: str | None = None) -> pl.DataFrame:
-    """Evaluate ``rules`` over ``frame`` and put the failing rules' texts in ``reasons``.
-
-    ``text_columns`` renames frame columns to the names the texts use (raw values);
-    ``existing``: a list column of earlier reasons to extend instead of starting empty.
-    """
-    flags = [cond.alias(f"_f{i}") for i, (cond, _) in enumerate(rules)]
-    flagged = frame.with_columns(flags)
-    names = [f"_f{i}" for i in range(len(rules))]
-    failing = pl.any_horizontal(names) if names else pl.lit(False)
-    base = pl.col(existing) if existing else pl.lit([], dtype=pl.List(pl.String))
-    ok = flagged.filter(~failing).with_columns(base.alias("reasons"))
-    bad = flagged.filter(failing)
-    if bad.height:
-        texts = bad.select([pl.col(src).alias(dst) for src, dst in text_columns.items()] + names).select(
-            pl.concat_list([pl.when(pl.col(f"_f{i}")).then(text).otherwise(None)
-                            for i, (_, text) in enumerate(rules)]).list.drop_nulls().alias("_new"))
-        bad = bad.with_columns(texts["_new"]).with_columns(
-            (pl.concat_list([base, pl.col("_new")]) if existing else pl.col("_new")).alias("reasons")).drop("_new")
-    else:
-        bad = bad.with_columns(base.alias("reasons"))
-    return pl.concat([ok, bad], how="vertical").drop(names)
 
 
 def _column_rules(column: Column, vocabulary: Vocabulary) -> tuple[pl.Expr, list[pl.Expr]]:
@@ -84,8 +61,9 @@ def _column_rules(column: Column, vocabulary: Vocabulary) -> tuple[pl.Expr, list
     if column.required:
         reasons.append(_reason(~present, f"{name}: required value is missing"))
     if column.kind in ("id", "text"):
-        # an identifier-looking id rejects its row anyway; keep only its mask, even in caches
-        typed = mask_expr(raw) if name in ID_COLUMNS else raw
+        # an identifier-looking id rejects its row: only passing rows keep typed values,
+        # and the side table stores the mask
+        typed = raw
         if name in ID_COLUMNS:
             reasons.append(_reason(looks_like_email(raw),
                                    f"{name}: value looks like an e-mail address (masked), use a pseudonym"))
@@ -105,7 +83,7 @@ def _column_rules(column: Column, vocabulary: Vocabulary) -> tuple[pl.Expr, list
         typed = pl.when(raw.str.contains(_ISO_DATE)).then(parsed).otherwise(None)
         reasons.append(_reason(present & typed.is_null(), f"{name}: ", _quoted(name),
                                " is not a real date in the form YYYY-MM-DD"))
-        # "not after the run date" depends on the day of the run: see with_run_date_rule
+        # "not after the run date" depends on the day of the run: see run_date_rules
     elif column.kind == "int":
         as_float = raw.cast(pl.Float64, strict=False)
         is_int = raw.str.contains(_INTEGER)
@@ -140,32 +118,108 @@ def _table_rules(spec: TableSpec) -> list[pl.Expr]:
     ]
 
 
-def check_rows(frame: pl.DataFrame, spec: TableSpec, vocabulary: Vocabulary) -> pl.DataFrame:
-    """Type every contract column and collect the rule-2 reasons of every row, except the
-    run-date rule (:func:`with_run_date_rule`), which is the only one that depends on the day."""
+#: raw cells that their typed value prints back exactly (:func:`raw_text`): a whole number
+#: without sign, leading zeros or decimals; a number may add a fraction without trailing
+#: zeros. At most 14 significant digits, so the number is exact in a double and prints back
+#: digit for digit. Any other spelling (``+7``, ``07``, ``7.0``, ``LBP``) is kept as written.
+_CANONICAL = {
+    "int": r"^(?:0|[1-9][0-9]{0,14})$",
+    "number": r"^(?:0|[1-9][0-9]{0,5})(?:\.[0-9]{0,7}[1-9])?$",
+}
+
+
+def _non_canonical(column: Column, typed: pl.Expr) -> pl.Expr | None:
+    """True where a passing row's raw cell cannot be printed back from its typed value.
+
+    None for columns where it always can: ids equal their raw value (an id that would be
+    masked rejects its row), and an ISO date that parses to a real date prints back as itself.
+    """
+    raw = pl.col(column.name)
+    if column.kind in ("condition", "choice"):
+        return raw.ne_missing(typed)
+    if column.kind in _CANONICAL:
+        return raw.is_not_null() & ~raw.str.contains(_CANONICAL[column.kind])
+    return None
+
+
+def _format_number(value: float | None) -> str | None:
+    return None if value is None else np.format_float_positional(value, unique=True, trim="-")
+
+
+def raw_text(column: Column) -> pl.Expr:
+    """The raw cell of a passing row printed back from its typed value (exact unless the row
+    was kept in the side table, :func:`check_rows`)."""
+    typed = pl.col(column.name)
+    if column.kind in ("date", "int"):
+        return typed.cast(pl.String)
+    if column.kind == "number":
+        return typed.map_elements(_format_number, return_dtype=pl.String, skip_nulls=True)
+    return typed
+
+
+TYPED_DTYPES = {"id": pl.String, "text": pl.String, "condition": pl.String, "choice": pl.String,
+                "date": pl.Date, "int": pl.Int64, "number": pl.Float64}
+
+
+def rows_schema(spec: TableSpec) -> dict[str, pl.DataType]:
+    """Columns of the rows that passed rule 2 (per file, as cached)."""
+    return {"line": pl.Int64, **{c.name: TYPED_DTYPES[c.kind] for c in spec.columns}}
+
+
+def side_schema(spec: TableSpec) -> dict[str, pl.DataType]:
+    """Columns of the side table: rows that failed rule 2, and raw cells kept for later rules."""
+    return {"line": pl.Int64, "reasons": pl.List(pl.String),
+            **{f"raw_{c}": pl.String for c in spec.names},
+            **{c.name: pl.Date for c in spec.columns if c.kind == "date"}}
+
+
+def check_rows(frame: pl.DataFrame, spec: TableSpec, vocabulary: Vocabulary) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Type every contract column and apply rule 2, except the run-date rule
+    (:func:`run_date_rules`), which is the only one that depends on the day.
+
+    Returns ``(rows, side)``. ``rows``: the rows that pass, with their typed, normalised
+    values only (``line`` and any ``_part`` carried). ``side``: the rows that fail, with
+    their ``reasons``, their raw values ``raw_<col>`` (identifier-looking values masked,
+    overlong ones shortened: this is what rejected_rows.csv and the ingest cache store)
+    and their typed dates; and also, with empty ``reasons``, the raw values of passing rows
+    whose cells their typed values do not print back exactly (``LBP``, ``7.0``), so that a
+    row rejected by a later rule still shows what its file said (:func:`with_raw`).
+    Both keep the order of ``frame``.
+    """
     absent = [c for c in spec.names if c not in frame.columns]
     frame = frame.with_columns([pl.lit(None, dtype=pl.String).alias(c) for c in absent])
     typed: list[pl.Expr] = []
     rules: list[tuple[pl.Expr, pl.Expr]] = []
+    non_canonical: list[pl.Expr] = []
     for column in spec.columns:
         value, column_rules = _column_rules(column, vocabulary)
-        typed.append(value)
+        typed.append(value.cast(TYPED_DTYPES[column.kind]).alias(f"_t_{column.name}"))
         rules.extend(column_rules)
+        differs = _non_canonical(column, value)
+        if differs is not None:
+            non_canonical.append(differs)
     rules.extend(_table_rules(spec))
-    # flags are evaluated on the raw frame; texts later on the failing rows' raw values
-    flags = [cond.alias(f"_flag{i}") for i, (cond, _) in enumerate(rules)]
-    # the raw values kept for reasons and rejected rows: identifier-looking values masked,
-    # overlong ones shortened (they are stored in the ingest cache and rejected_rows.csv)
-    raw_cols = [_stored(c).alias(f"raw_{c}") for c in spec.names]
-    carried = [c for c in ("source_file", "file_idx", "_part") if c in frame.columns]
-    flagged = frame.select(pl.col("line"), *carried, *raw_cols, *typed, *flags)
-    text_rules = [(pl.col(f"_flag{i}"), text) for i, (_, text) in enumerate(rules)]
-    out = reasons_for_failures(flagged, text_rules, {f"raw_{c}": c for c in spec.names})
-    return out.drop([f"_flag{i}" for i in range(len(rules))])
+    carried = [c for c in ("_part",) if c in frame.columns]
+    flags = [cond.alias(f"_f{i}") for i, (cond, _) in enumerate(rules)]
+    keep = pl.any_horizontal(non_canonical).fill_null(False) if non_canonical else pl.lit(False)
+    flagged = frame.select(*carried, pl.col("line"), *spec.names, *typed, *flags, keep.alias("_keep"))
+    failing = pl.any_horizontal([f"_f{i}" for i in range(len(rules))])
+    rows = flagged.filter(~failing).select(
+        *carried, "line", *[pl.col(f"_t_{c}").alias(c) for c in spec.names])
+    # texts over the stored raw values, as rejected_rows.csv shows them
+    side = flagged.filter(failing | pl.col("_keep")).with_columns([_stored(c).alias(c) for c in spec.names])
+    side = side.select(
+        *carried, "line",
+        pl.concat_list([pl.when(pl.col(f"_f{i}")).then(text).otherwise(None)
+                        for i, (_, text) in enumerate(rules)]).list.drop_nulls().alias("reasons"),
+        *[pl.col(c).alias(f"raw_{c}") for c in spec.names],
+        *[pl.col(f"_t_{c.name}").alias(c.name) for c in spec.columns if c.kind == "date"])
+    return rows, side
 
 
-def with_run_date_rule(checked: pl.DataFrame, spec: TableSpec, today: date) -> pl.DataFrame:
-    """Rule 2's "every date present ... not after the run date", added to ``reasons``."""
+def run_date_rules(spec: TableSpec, today: date) -> list[tuple[pl.Expr, pl.Expr]]:
+    """Rule 2's "every date present ... not after the run date", over typed dates and
+    ``raw_<col>`` texts."""
     rules = []
     for column in spec.columns:
         if column.kind != "date":
@@ -173,7 +227,39 @@ def with_run_date_rule(checked: pl.DataFrame, spec: TableSpec, today: date) -> p
         name = column.name
         rules.append(_reason(pl.col(name) > pl.lit(today), f"{name}: ", _shown(f"raw_{name}"),
                              f" is after the run date {today.isoformat()}"))
+    return rules
+
+
+def failing_rows(frame: pl.DataFrame, rules: list[tuple[pl.Expr, pl.Expr]],
+                 existing: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split ``frame`` into rows passing every rule and rows failing one, the latter with the
+    failing rules' texts in ``reasons`` (after the ``existing`` list column's, if given).
+    Both keep the order of ``frame``; texts are built for the failing rows only."""
     if not rules:
-        return checked
-    identity = {c: c for c in checked.columns if c.startswith("raw_")}
-    return reasons_for_failures(checked, rules, identity, existing="reasons").drop("reasons_old", strict=False)
+        return frame, frame.clear().with_columns(pl.lit([], pl.List(pl.String)).alias("reasons"))
+    names = [f"_r{i}" for i in range(len(rules))]
+    flagged = frame.with_columns([cond.alias(n) for n, (cond, _) in zip(names, rules)])
+    failing = pl.any_horizontal(names)
+    passing = flagged.filter(~failing).drop(names)
+    bad = flagged.filter(failing)
+    new = pl.concat_list([pl.when(pl.col(n)).then(text).otherwise(None)
+                          for n, (_, text) in zip(names, rules)]).list.drop_nulls()
+    reasons = pl.concat_list([pl.col(existing), new]) if existing else new
+    bad = bad.with_columns(reasons.alias("reasons")).drop(names)
+    return passing, bad
+
+
+def with_raw(rows: pl.DataFrame, kept: pl.DataFrame, spec: TableSpec) -> pl.DataFrame:
+    """Add ``raw_<col>`` to rows that passed rule 2: the raw values ``kept`` for them in the
+    side table (by ``file_idx`` and ``line``), else their typed values printed back."""
+    kept = kept.select("file_idx", "line", *[f"raw_{c}" for c in spec.names], pl.lit(True).alias("_kept"))
+    joined = rows.join(kept, on=["file_idx", "line"], how="left", maintain_order="left")
+    return joined.with_columns([
+        pl.when(pl.col("_kept")).then(pl.col(f"raw_{c.name}"))
+        .otherwise(_stored_expr(raw_text(c))).alias(f"raw_{c.name}") for c in spec.columns]).drop("_kept")
+
+
+def _stored_expr(value: pl.Expr) -> pl.Expr:
+    value = mask_expr(value)
+    return pl.when(value.str.len_chars() > STORED_CELL_CHARS).then(
+        value.str.slice(0, STORED_CELL_CHARS) + "…").otherwise(value)
