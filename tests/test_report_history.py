@@ -14,10 +14,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from pipelines.outcomes.metrics import (episode_outcomes, episodes_as_of, numbered_sessions, session_relief,
-                                        session_scores)
+from pipelines.outcomes.metrics import episode_outcomes, scored_sessions, session_relief
 from pipelines.outcomes.summary import ALL, condition_summary_from
-from pipelines.reports.history import outcomes_before, relief_before, relief_from_scores, weekly_cohorts
+from pipelines.reports.history import outcomes_before, relief_before, weekly_cohorts
 from pipelines.reports.weekly import TREND_WEEKS, _pooled
 from pipelines.settings import Settings
 
@@ -44,7 +43,7 @@ def _episode(eid: str, referral: date, condition: str = "low_back_pain", clinic:
 
 def _edge_cases() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Records around SUNDAY and the trend weeks: follow-ups alone in a week, follow-ups before
-    any session (t = 0), a zero or missing baseline, a decimal score exactly at 30%, two
+    any session (t = 0), a follow-up long after the last session, a zero or missing baseline, a decimal score exactly at 30%, two
     sessions on one day, a duplicate pre score, sessions and ratings before the referral, an episode
     referred in the report's week, and episodes that stop or go on after a trend week."""
     monday = SUNDAY - timedelta(days=6)
@@ -80,6 +79,7 @@ def _edge_cases() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     add("B_new", monday + timedelta(days=1), [(0, 6, 5), (3, 3, 3)])                            # referred this week
     add("B_early", monday - timedelta(days=7), [(-3, 6, 5), (2, 6, 4), (9, 2, 2)])             # session before referral
     add("B_rated_before_referral", monday - timedelta(days=7), [(-10, 8, 7), (-9, 4, 4), (3, 5, 5)])
+    add("B_late_followup", monday - timedelta(weeks=20), [(0, 8, 7), (7, 6, 6)], followups=[(7 * 19 + 2, 2)])
     add("B_two_followups", monday - timedelta(days=28), [(0, 9, 8), (7, 8, 8)], followups=[(30, 6), (30, 6)])
     # a duplicate pre score: the first one counts
     scores.append({"episode_id": "B_decimal", "session_id": "SB_decimal_1", "timepoint": "pre", "score": 2.0,
@@ -123,18 +123,12 @@ def _loop_trend(ep, se, ps, sunday: date, weeks: int, settings: Settings) -> lis
     return rows
 
 
-def _scored(ep, se, ps, as_of):
-    numbered = numbered_sessions(episodes_as_of(ep, as_of), se, as_of)
-    return numbered, session_scores(numbered, ps)
-
-
 @pytest.mark.parametrize("back", [0, 1, 3])
 @pytest.mark.parametrize("settings", [SETTINGS, Settings(responder_30_threshold=50.0)], ids=["default", "50"])
 def test_weekly_cohorts_equal_the_per_week_computation(tables, back, settings):
     ep, se, ps = tables
     sunday = SUNDAY - timedelta(weeks=back)
-    numbered, scored = _scored(ep, se, ps, sunday)
-    got = weekly_cohorts(ep, se, ps, numbered, scored, sunday, TREND_WEEKS, settings)
+    got = weekly_cohorts(ep, se, ps, scored_sessions(ep, se, ps, sunday), sunday, TREND_WEEKS, settings)
     expected = _loop_trend(ep, se, ps, sunday, TREND_WEEKS, settings)
     assert got.to_dicts() == expected
     assert sum(r["responder_n"] for r in expected) > 0
@@ -143,8 +137,7 @@ def test_weekly_cohorts_equal_the_per_week_computation(tables, back, settings):
 def test_weekly_cohorts_before_any_record():
     ep, se, ps = _edge_cases()
     sunday = date(2020, 1, 5)
-    numbered, scored = _scored(ep, se, ps, sunday)
-    got = weekly_cohorts(ep, se, ps, numbered, scored, sunday, TREND_WEEKS, SETTINGS)
+    got = weekly_cohorts(ep, se, ps, scored_sessions(ep, se, ps, sunday), sunday, TREND_WEEKS, SETTINGS)
     assert got.to_dicts() == _loop_trend(ep, se, ps, sunday, TREND_WEEKS, SETTINGS)
     assert got["responder_n"].sum() == 0 and got.height == TREND_WEEKS
 
@@ -159,11 +152,9 @@ def test_outcomes_before_equal_episode_outcomes(tables, days_back):
 
 
 @pytest.mark.parametrize("days_back", [0, 7, 2000])
-def test_relief_from_scores_and_relief_before_equal_session_relief(tables, days_back):
+def test_relief_before_equals_session_relief(tables, days_back):
     ep, se, ps = tables
-    eps = episodes_as_of(ep, SUNDAY)
-    relief = relief_from_scores(_scored(ep, se, ps, SUNDAY)[1], eps)
-    assert_frame_equal(relief, session_relief(ep, se, ps, SUNDAY))
+    relief = session_relief(ep, se, ps, SUNDAY)
     earlier = SUNDAY - timedelta(days=days_back)
     assert_frame_equal(relief_before(relief, ep, earlier), session_relief(ep, se, ps, earlier))
 

@@ -26,14 +26,6 @@ from pipelines.outcomes.metrics import episode_outcomes, outcome_observations, r
 from pipelines.settings import Settings
 
 
-def relief_from_scores(scored: pl.DataFrame, episodes_as_of: pl.DataFrame) -> pl.DataFrame:
-    """:func:`pipelines.outcomes.metrics.session_relief` from session scores already computed
-    (``session_scores(numbered_sessions(episodes_as_of, sessions, D), pain_scores)``)."""
-    return (scored.filter(pl.col("pre").is_not_null() & pl.col("post").is_not_null())
-            .join(episodes_as_of.select("episode_id", "clinic_id", "condition"), on="episode_id")
-            .with_columns((pl.col("pre") - pl.col("post")).alias("relief")))
-
-
 def relief_before(relief: pl.DataFrame, episodes: pl.DataFrame, earlier: date) -> pl.DataFrame:
     """Session relief as of ``earlier`` from session relief as of a later date."""
     ids = episodes.filter(pl.col("referral_date") <= earlier)["episode_id"]
@@ -69,8 +61,7 @@ WEEKLY_COHORT_SCHEMA = {"week_end": pl.Date, "sessions": pl.Int64, "new_episodes
 
 
 def weekly_cohorts(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
-                   numbered: pl.DataFrame, scored: pl.DataFrame, as_of: date, weeks: int,
-                   settings: Settings | None = None) -> pl.DataFrame:
+                   scored: pl.DataFrame, as_of: date, weeks: int, settings: Settings | None = None) -> pl.DataFrame:
     """The 12-week trend's counts for the ``weeks`` weeks ending on Sunday ``as_of``, oldest first.
 
     One row per week (``week_end`` its Sunday): sessions dated that week, episodes referred
@@ -78,13 +69,13 @@ def weekly_cohorts(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: 
     analysed as of the week's Sunday whose latest outcome observation was taken that week
     (``responder_n``), and how many of them are responder_30 (``responders``).
 
-    ``numbered`` and ``scored`` are ``numbered_sessions`` / ``session_scores`` as of
-    ``as_of``. As of a week's Sunday E an episode (referred on or before E) with an outcome
-    observation dated that week has: session 1 on or before E (an observation follows a
-    session), so its baseline is the one as of ``as_of``; at least one observation; and as
-    its final score the last observation dated that week (observations as of E are those as
-    of ``as_of`` dated on or before E). So it is analysed exactly when its baseline is
-    there and not 0, and a responder as :func:`episode_outcomes` computes it.
+    ``scored`` is ``scored_sessions(episodes, sessions, pain_scores, as_of)``. As of a
+    week's Sunday E, an episode referred on or before E with an outcome observation dated
+    that week has: session 1 on or before E (an observation follows a session), so its
+    baseline is the one as of ``as_of``; at least one observation; and as its final score
+    the last observation dated that week (observations as of E are those as of ``as_of``
+    dated on or before E). So it is analysed exactly when its baseline is there and not 0,
+    and a responder as :func:`episode_outcomes` computes it.
     """
     settings = settings or Settings()
     first_day = as_of - timedelta(weeks=weeks) + timedelta(days=1)
@@ -99,8 +90,12 @@ def weekly_cohorts(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: 
         return (frame.filter(pl.col(column).is_between(first_day, as_of)).select(week_index(column))
                 .group_by("week_index").agg(pl.len().cast(pl.Int64).alias(name)))
 
-    episodes_d = episodes.filter(pl.col("referral_date") <= as_of)
-    observations = outcome_observations(numbered, scored, pain_scores, episodes_d, as_of)
+    # only episodes with a session or follow-up in the window can be in a week's cohort (all of
+    # their sessions are kept: they number the observations)
+    active = touched_between(scored, pain_scores, first_day - timedelta(days=1), as_of)
+    scored = scored.join(active, on="episode_id", how="semi")
+    episodes_d = episodes.filter(pl.col("referral_date") <= as_of).join(active, on="episode_id", how="semi")
+    observations = outcome_observations(scored, scored, pain_scores, episodes_d, as_of)
     baseline = scored.filter(pl.col("k") == 1).select("episode_id", pl.col("pre").alias("baseline_pain"))
     # observations are sorted by (episode_id, date, t): the last one of a week is the final score as of its Sunday
     finals = (observations.filter(pl.col("date") >= first_day).with_columns(week_index("date"))

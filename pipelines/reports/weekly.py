@@ -17,11 +17,11 @@ from matplotlib.figure import Figure
 
 from pipelines.ingest.reasons import rejection_reasons
 from pipelines.outcomes import stats
-from pipelines.outcomes.metrics import episode_outcomes, episodes_as_of, numbered_sessions, session_scores
+from pipelines.outcomes.metrics import episode_outcomes_from, episodes_as_of, scored_sessions, session_relief_from
 from pipelines.outcomes.summary import ALL, condition_summary_from, group_statistics, summarise
 from pipelines.outcomes.tables import km_curves, pain_trajectories
 from pipelines.reports import captions, charts
-from pipelines.reports.history import outcomes_before, relief_before, relief_from_scores, weekly_cohorts
+from pipelines.reports.history import outcomes_before, relief_before, weekly_cohorts
 from pipelines.reports.publish import DASH, count_text, publish_summary, suppress_parts
 from pipelines.settings import Settings
 
@@ -121,7 +121,7 @@ def _base_counts(outcomes: pl.DataFrame, relief: pl.DataFrame, by: str) -> pl.Da
                       pooled.cast({"n_adherence": pl.Int64, "n_relief": pl.Int64})], how="vertical")
 
 
-def _trend(inputs: ReportInputs, sunday: date, numbered: pl.DataFrame, scored: pl.DataFrame) -> pl.DataFrame:
+def _trend(inputs: ReportInputs, sunday: date, scored: pl.DataFrame) -> pl.DataFrame:
     """The last TREND_WEEKS weeks: sessions, new episodes and the week's responder cohort.
 
     A week's cohort: the episodes analysed as of its Sunday whose latest outcome rating was
@@ -130,8 +130,8 @@ def _trend(inputs: ReportInputs, sunday: date, numbered: pl.DataFrame, scored: p
     """
     rows = []
     k = inputs.settings.min_cell_size
-    weekly = weekly_cohorts(inputs.episodes, inputs.sessions, inputs.pain_scores, numbered, scored, sunday,
-                            TREND_WEEKS, inputs.settings)
+    weekly = weekly_cohorts(inputs.episodes, inputs.sessions, inputs.pain_scores, scored, sunday, TREND_WEEKS,
+                            inputs.settings)
     for week in weekly.iter_rows(named=True):
         n, responders = week["responder_n"], week["responders"]
         rate, low, high = stats.wilson_interval(responders, n) if n >= k else (None, None, None)
@@ -266,11 +266,9 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
 
     # Computed once as of Sunday; the previous Sunday and the trend weeks are derived from these
     # (pipelines.reports.history), not recomputed from the accepted tables.
-    outcomes = episode_outcomes(ep, se, ps, sunday, settings)
-    eps_d = episodes_as_of(ep, sunday)
-    numbered = numbered_sessions(eps_d, se, sunday)
-    scored = session_scores(numbered, ps)
-    relief = relief_from_scores(scored, eps_d)
+    scored = scored_sessions(ep, se, ps, sunday)
+    outcomes = episode_outcomes_from(ep, scored, ps, sunday, settings)
+    relief = session_relief_from(ep, scored, sunday)
     summary = condition_summary_from(outcomes, relief, settings)
     previous = _pooled(outcomes_before(ep, se, ps, outcomes, sunday, previous_sunday, settings),
                        relief_before(relief, ep, previous_sunday), settings) if ep.height else None
@@ -293,9 +291,9 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
     ]
     headline_to_date = _to_date_rows(pooled, previous, k)
 
-    trajectories = pain_trajectories(scored, eps_d)
+    trajectories = pain_trajectories(scored, episodes_as_of(ep, sunday))
     km = km_curves(outcomes).filter(pl.col("at_risk") >= k)  # no curve over fewer than k patients
-    trend = _trend(inputs, sunday, numbered, scored)
+    trend = _trend(inputs, sunday, scored)
     pooled_rate = pooled["responder_30_rate"] if pooled and pooled["n_analysed"] >= k else None
     clinics_table, funnel_points = _clinics(outcomes, relief, settings, pooled_rate)
     quality = _quality(inputs)
