@@ -121,12 +121,12 @@ def _key(table: str) -> tuple[list[pl.Expr], pl.Expr]:
     return key, label
 
 
-def _notes(read: ReadFile) -> str | None:
+def _notes(extra_columns: list[str], blank_lines: int) -> str | None:
     notes = []
-    if read.extra_columns:
-        notes.append("extra columns ignored: " + ", ".join(read.extra_columns))
-    if read.blank_lines:
-        notes.append(f"{read.blank_lines} blank line(s) skipped")
+    if extra_columns:
+        notes.append("extra columns ignored: " + ", ".join(extra_columns))
+    if blank_lines:
+        notes.append(f"{blank_lines} blank line(s) skipped")
     return "; ".join(notes) or None
 
 
@@ -176,19 +176,22 @@ def parse_files(files: list[RawFile], vocabulary: Vocabulary) -> list[dict]:
     The row rules run in one vectorised pass per table over batches of files.
     """
     parsed: list[dict] = [{} for _ in files]
-    pending: dict[str, list[tuple[int, pl.DataFrame]]] = {t: [] for t in TABLE_ORDER}
+    pending: dict[str, list[tuple[int, ReadFile]]] = {t: [] for t in TABLE_ORDER}
     pending_rows = dict.fromkeys(TABLE_ORDER, 0)
 
     def check(table: str) -> None:
         parts = pending[table]
         if not parts:
             return
-        frame = pl.concat([f for _, f in parts], how="diagonal_relaxed")
-        part = np.repeat(np.arange(len(parts), dtype=np.int32), [f.height for _, f in parts])
-        rows, side = check_rows(frame.with_columns(pl.Series("_part", part)), TABLES[table], vocabulary)
-        for (position, _), r, s in zip(parts, _split(rows, len(parts)), _split(side, len(parts))):
-            parsed[position]["rows"] = r
-            parsed[position]["side"] = s
+        frame = pl.concat([read.frame for _, read in parts], how="diagonal_relaxed")
+        heights = [read.frame.height for _, read in parts]
+        frame = frame.with_columns(
+            pl.Series("_part", np.repeat(np.arange(len(parts), dtype=np.int32), heights)),
+            pl.Series("_blank_is_no_row", np.repeat([not read.blank_lines_are_rows for _, read in parts], heights)))
+        rows, side, blank = check_rows(frame, TABLES[table], vocabulary)
+        blank_lines = np.bincount(blank.to_numpy(), minlength=len(parts))
+        for k, ((position, read), r, s) in enumerate(zip(parts, _split(rows, len(parts)), _split(side, len(parts)))):
+            parsed[position].update(rows=r, side=s, reason=_notes(read.extra_columns, int(blank_lines[k])))
         pending[table] = []
         pending_rows[table] = 0
 
@@ -197,9 +200,8 @@ def parse_files(files: list[RawFile], vocabulary: Vocabulary) -> list[dict]:
             parsed[position] = read
             continue
         table = files[position].table
-        parsed[position] = {"status": "ingested", "reason": _notes(read), "sha256": read.sha256,
-                            "ragged": read.ragged}
-        pending[table].append((position, read.frame))
+        parsed[position] = {"status": "ingested", "reason": None, "sha256": read.sha256, "ragged": read.ragged}
+        pending[table].append((position, read))
         pending_rows[table] += read.frame.height
         if pending_rows[table] >= CHUNK_ROWS:
             check(table)

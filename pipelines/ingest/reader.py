@@ -2,7 +2,8 @@
 
 Rule 1 of CONTRACT.md lives here: a file that cannot be read is refused whole, with a
 reason a clinic's staff can act on. A readable file becomes a polars frame with one
-String column per contract column present (cells trimmed, empty cells null) plus
+String column per contract column present (cells as written: trimming, empty cells and
+blank lines are rule 2's business, :func:`pipelines.ingest.validate.check_rows`) plus
 ``line``; rows with the wrong number of fields come back separately, already rejected.
 """
 
@@ -69,11 +70,11 @@ class RawFile:
 class ReadFile:
     """A readable file: its rows as strings, and the rows that could not be split."""
 
-    frame: pl.DataFrame  # contract columns present (String, trimmed, "" -> null) + line
+    frame: pl.DataFrame  # contract columns present (String, as written) + line
     ragged: pl.DataFrame  # line, reasons, raw
     extra_columns: list[str] = field(default_factory=list)
-    blank_lines: int = 0
     sha256: str = ""  # of the file's bytes: the input fingerprint and the ingest cache key
+    blank_lines_are_rows: bool = False  # Parquet: a row of empty cells is still a row
 
 
 def discover(raw_dir: Path) -> list[RawFile]:
@@ -160,7 +161,7 @@ def read_csv(path: Path, spec: TableSpec) -> ReadFile:
     digest = hashlib.sha256(data).hexdigest()
     if data.startswith(BOM):
         data = data[len(BOM):]
-    if not data.strip():
+    if not data or data.isspace():  # (without copying the file, as strip() would)
         raise RefusedFile("file is empty (no header row)")
     _check_utf8(data)
     if b"\x00" in data:
@@ -204,13 +205,8 @@ def read_csv(path: Path, spec: TableSpec) -> ReadFile:
     if bad:
         lines = np.setdiff1d(lines, np.array([b[0] for b in bad], dtype=np.int64))
     frame = frame.with_columns(pl.Series("line", lines, dtype=pl.Int64))
-    frame = _trim(frame, [m for m in matched if m])
-    contract_cols = [m for m in matched if m]
-    blank = pl.all_horizontal(pl.col(c).is_null() for c in contract_cols) if contract_cols else pl.lit(True)
-    blank_lines = int(frame.select(blank.sum()).item()) if frame.height else 0
-    frame = frame.filter(~blank)
     ragged = _ragged_rows(bad, spec.names, matched, ncols)
-    return ReadFile(frame=frame, ragged=ragged, extra_columns=extras, blank_lines=blank_lines, sha256=digest)
+    return ReadFile(frame=frame, ragged=ragged, extra_columns=extras, sha256=digest)
 
 
 def _ragged_rows(bad: list[tuple[int, int, str]], names: list[str], matched: list[str],
@@ -244,18 +240,11 @@ def read_parquet(path: Path, spec: TableSpec) -> ReadFile:
     keep = {raw: m for raw, m in zip(raw_names, matched) if m}
     frame = frame.select([pl.col(raw).cast(pl.String).alias(m) for raw, m in keep.items()])
     frame = frame.with_columns(pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias("line"))
-    frame = _trim(frame, list(keep.values()))
     # an all-empty Parquet row is still a row (unlike a blank CSV line): it is rejected
     # for its missing cells.
     empty = pl.DataFrame(schema={"line": pl.Int64, "reasons": pl.String, "raw": pl.String})
-    return ReadFile(frame=frame, ragged=empty, extra_columns=extras, sha256=hashlib.sha256(data).hexdigest())
-
-
-def _trim(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-    trimmed = [pl.col(c).str.strip_chars() for c in columns]
-    frame = frame.with_columns(trimmed)
-    return frame.with_columns([
-        pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in columns])
+    return ReadFile(frame=frame, ragged=empty, extra_columns=extras, sha256=hashlib.sha256(data).hexdigest(),
+                    blank_lines_are_rows=True)
 
 
 def read_file(raw: RawFile, spec: TableSpec) -> ReadFile:

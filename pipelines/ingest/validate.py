@@ -50,63 +50,76 @@ def _reason(condition: pl.Expr, *parts: pl.Expr | str) -> tuple[pl.Expr, pl.Expr
     return condition.fill_null(False), text
 
 
-def _column_rules(column: Column, vocabulary: Vocabulary) -> tuple[pl.Expr, list[pl.Expr]]:
-    """The typed value of one column and its reason expressions."""
+def _typed(column: Column, vocabulary: Vocabulary) -> pl.Expr:
+    """The typed, normalised value of one column, from its trimmed raw value (null: invalid)."""
+    raw = pl.col(column.name)
+    if column.kind in ("id", "text"):
+        # an identifier-looking id rejects its row: only passing rows keep typed values,
+        # and the side table stores the mask
+        typed = raw
+    elif column.kind == "condition":
+        typed = normalise_expr(raw).replace_strict(vocabulary.lookup, default=None, return_dtype=pl.String)
+    elif column.kind == "choice":
+        cased = raw.str.to_uppercase() if column.upper else raw.str.to_lowercase()
+        typed = pl.when(cased.is_in(list(column.choices))).then(cased).otherwise(None)
+    elif column.kind == "date":
+        parsed = raw.str.to_date("%Y-%m-%d", strict=False)
+        typed = pl.when(raw.str.contains(_ISO_DATE)).then(parsed).otherwise(None)
+    elif column.kind == "int":
+        as_float = raw.cast(pl.Float64, strict=False)
+        is_int = raw.str.contains(_INTEGER)
+        typed = pl.when(is_int).then(as_float).otherwise(None).cast(pl.Int64, strict=False)
+    elif column.kind == "number":
+        as_float = raw.cast(pl.Float64, strict=False)
+        typed = pl.when(as_float.is_finite()).then(as_float).otherwise(None)
+    else:  # pragma: no cover - spec is static
+        raise ValueError(column.kind)
+    return typed.cast(TYPED_DTYPES[column.kind])
+
+
+def _column_rules(column: Column, typed: pl.Expr) -> list[tuple[pl.Expr, pl.Expr]]:
+    """The reason expressions of one column, over its trimmed raw value and ``typed``."""
     name = column.name
     raw = pl.col(name)
     present = raw.is_not_null()
-    reasons: list[pl.Expr] = []
+    reasons: list[tuple[pl.Expr, pl.Expr]] = []
     reasons.append(_reason(raw.str.len_chars() > MAX_CELL_CHARS,
                            f"{name}: value is longer than {MAX_CELL_CHARS} characters"))
     if column.required:
         reasons.append(_reason(~present, f"{name}: required value is missing"))
     if column.kind in ("id", "text"):
-        # an identifier-looking id rejects its row: only passing rows keep typed values,
-        # and the side table stores the mask
-        typed = raw
         if name in ID_COLUMNS:
             reasons.append(_reason(looks_like_email(raw),
                                    f"{name}: value looks like an e-mail address (masked), use a pseudonym"))
             reasons.append(_reason(looks_like_phone(raw),
                                    f"{name}: value looks like a phone number (masked), use a pseudonym"))
     elif column.kind == "condition":
-        typed = normalise_expr(raw).replace_strict(vocabulary.lookup, default=None, return_dtype=pl.String)
         reasons.append(_reason(present & typed.is_null(), f"{name}: ", _quoted(name),
                                " is not a code or alias in the condition vocabulary"))
     elif column.kind == "choice":
-        cased = raw.str.to_uppercase() if column.upper else raw.str.to_lowercase()
-        typed = pl.when(cased.is_in(list(column.choices))).then(cased).otherwise(None)
         reasons.append(_reason(present & typed.is_null(), f"{name}: ", _quoted(name),
                                f" is not one of {', '.join(column.choices)}"))
     elif column.kind == "date":
-        parsed = raw.str.to_date("%Y-%m-%d", strict=False)
-        typed = pl.when(raw.str.contains(_ISO_DATE)).then(parsed).otherwise(None)
         reasons.append(_reason(present & typed.is_null(), f"{name}: ", _quoted(name),
                                " is not a real date in the form YYYY-MM-DD"))
         # "not after the run date" depends on the day of the run: see run_date_rules
     elif column.kind == "int":
-        as_float = raw.cast(pl.Float64, strict=False)
-        is_int = raw.str.contains(_INTEGER)
-        typed = pl.when(is_int).then(as_float).otherwise(None).cast(pl.Int64, strict=False)
         reasons.append(_reason(present & typed.is_null(), f"{name}: ", _quoted(name), " is not a whole number"))
         reasons.append(_reason((typed < column.low) | (typed > column.high), f"{name}: ", _shown(name),
                                f" is outside {column.low:g}..{column.high:g}"))
     elif column.kind == "number":
-        as_float = raw.cast(pl.Float64, strict=False)
-        typed = pl.when(as_float.is_finite()).then(as_float).otherwise(None)
         reasons.append(_reason(present & typed.is_null(), f"{name}: ", _quoted(name), " is not a number"))
         reasons.append(_reason((typed < column.low) | (typed > column.high), f"{name}: ", _shown(name),
                                f" is outside {column.low:g}..{column.high:g}"))
-    else:  # pragma: no cover - spec is static
-        raise ValueError(column.kind)
-    return typed.alias(name), reasons
+    return reasons
 
 
-def _table_rules(spec: TableSpec) -> list[pl.Expr]:
+def _table_rules(spec: TableSpec, typed_timepoint: pl.Expr | None = None) -> list[tuple[pl.Expr, pl.Expr]]:
     """Rules that tie columns of one row together (pain_scores' timepoint rules)."""
     if spec.name != "pain_scores":
         return []
-    tp = pl.col("timepoint").str.to_lowercase()
+    # the typed timepoint is the lower-cased raw one where that is one of the choices
+    tp = pl.col("timepoint").str.to_lowercase() if typed_timepoint is None else typed_timepoint
     has_session = pl.col("session_id").is_not_null()
     return [
         _reason(tp.is_in(["pre", "post"]) & ~has_session,
@@ -173,48 +186,103 @@ def side_schema(spec: TableSpec) -> dict[str, pl.DataType]:
             **{c.name: pl.Date for c in spec.columns if c.kind == "date"}}
 
 
-def check_rows(frame: pl.DataFrame, spec: TableSpec, vocabulary: Vocabulary) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _trimmed(expr: pl.Expr) -> pl.Expr:
+    """A cell as the rules see it: trimmed, and empty as missing."""
+    value = expr.str.strip_chars()
+    return pl.when(value.str.len_bytes() > 0).then(value)
+
+
+def _column_flags(frame: pl.DataFrame, column: Column, vocabulary: Vocabulary) -> pl.DataFrame:
+    """Per row of ``frame`` (raw, untrimmed cells): ``typed`` value, ``fails`` (any rule of
+    the column), ``keep`` (raw text not printed back by ``typed``) and ``empty``.
+
+    Coded, numeric and date columns hold few distinct values: they are checked once per
+    distinct value and the results looked up, which costs a fraction of checking every row.
+    """
+    name = column.name
+    per_value = column.kind not in ("id", "text")
+    source = frame.get_column(name).unique() if per_value else frame.get_column(name)
+    checked = source.to_frame("_cell").with_columns(_trimmed(pl.col("_cell")).alias(name))
+    checked = checked.with_columns(_typed(column, vocabulary).alias("typed"))
+    typed = pl.col("typed")
+    rules = _column_rules(column, typed)
+    keep = _non_canonical(column, typed)
+    checked = checked.select(
+        "_cell", "typed", pl.any_horizontal([cond for cond, _ in rules]).alias("fails"),
+        (keep.fill_null(False) if keep is not None else pl.lit(False)).alias("keep"),
+        pl.col(name).is_null().alias("empty"))
+    if per_value:
+        checked = frame.select(pl.col(name).alias("_cell")).join(
+            checked, on="_cell", how="left", nulls_equal=True, maintain_order="left")
+    return checked.drop("_cell")
+
+
+def check_rows(frame: pl.DataFrame, spec: TableSpec, vocabulary: Vocabulary) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series]:
     """Type every contract column and apply rule 2, except the run-date rule
     (:func:`run_date_rules`), which is the only one that depends on the day.
 
+    ``frame``: raw cells as read (untrimmed strings, null or empty when missing), ``line``,
+    optionally ``_part`` (carried) and ``_blank_is_no_row`` (true where a row whose cells
+    are all empty is a blank CSV line, not a row: it is dropped).
+
     Returns ``(rows, side)``. ``rows``: the rows that pass, with their typed, normalised
-    values only (``line`` and any ``_part`` carried). ``side``: the rows that fail, with
-    their ``reasons``, their raw values ``raw_<col>`` (identifier-looking values masked,
-    overlong ones shortened: this is what rejected_rows.csv and the ingest cache store)
-    and their typed dates; and also, with empty ``reasons``, the raw values of passing rows
-    whose cells their typed values do not print back exactly (``LBP``, ``7.0``), so that a
-    row rejected by a later rule still shows what its file said (:func:`with_raw`).
-    Both keep the order of ``frame``.
+    values only. ``side``: the rows that fail, with their ``reasons``, their raw values
+    ``raw_<col>`` (trimmed; identifier-looking values masked, overlong ones shortened: this
+    is what rejected_rows.csv and the ingest cache store) and their typed dates; and also,
+    with empty ``reasons``, the raw values of passing rows whose cells their typed values
+    do not print back exactly (``LBP``, ``7.0``), so that a row rejected by a later rule
+    still shows what its file said (:func:`with_raw`). Both keep the order of ``frame``,
+    and blank lines are in neither: ``_part`` of each is returned as ``blank`` (a Series).
     """
     absent = [c for c in spec.names if c not in frame.columns]
     frame = frame.with_columns([pl.lit(None, dtype=pl.String).alias(c) for c in absent])
-    typed: list[pl.Expr] = []
+    flags = {c.name: _column_flags(frame, c, vocabulary) for c in spec.columns}
+    state = pl.DataFrame([f.get_column(kind).alias(f"_{kind}_{name}")
+                          for name, f in flags.items() for kind in ("fails", "keep", "empty")])
+    fails = pl.any_horizontal([f"_fails_{name}" for name in flags])
+    if spec.name == "pain_scores":
+        # the timepoint rules read the typed timepoint and whether two cells are present
+        state = state.with_columns(flags["timepoint"].get_column("typed").alias("timepoint"), *[
+            pl.when(~pl.col(f"_empty_{c}")).then(pl.lit("x")).alias(c) for c in ("session_id", "recorded_on")])
+        fails = fails | pl.any_horizontal([cond for cond, _ in _table_rules(spec, pl.col("timepoint"))])
+    blank = pl.all_horizontal([f"_empty_{name}" for name in flags])
+    if "_blank_is_no_row" in frame.columns:
+        state = state.with_columns(frame.get_column("_blank_is_no_row"))
+        blank = blank & pl.col("_blank_is_no_row")
+    else:
+        blank = pl.lit(False)
+    state = state.select(blank.alias("blank"), fails.alias("fails"),
+                         pl.any_horizontal([f"_keep_{name}" for name in flags]).alias("keep"))
+    carried = [c for c in ("_part",) if c in frame.columns]
+    blank_parts = (frame.get_column("_part").filter(state.get_column("blank")) if carried
+                   else pl.Series("_part", [], pl.Int32))
+    row_ok = state.select(~pl.col("blank") & ~pl.col("fails")).to_series()
+    rows = pl.DataFrame([*(frame.get_column(c) for c in carried), frame.get_column("line"),
+                         *(f.get_column("typed").alias(name) for name, f in flags.items())]).filter(row_ok)
+    in_side = state.select(~pl.col("blank") & (pl.col("fails") | pl.col("keep"))).to_series()
+    side = _side(frame.select(*carried, "line", *spec.names).filter(in_side), spec, vocabulary)
+    return rows, side, blank_parts
+
+
+def _side(frame: pl.DataFrame, spec: TableSpec, vocabulary: Vocabulary) -> pl.DataFrame:
+    """The side table of :func:`check_rows` for the (few) rows it keeps: every rule over
+    their trimmed raw cells, with texts, as rejected_rows.csv shows them."""
+    frame = frame.with_columns([_trimmed(pl.col(c)).alias(c) for c in spec.names])
+    frame = frame.with_columns([_typed(c, vocabulary).alias(f"_t_{c.name}") for c in spec.columns])
     rules: list[tuple[pl.Expr, pl.Expr]] = []
-    non_canonical: list[pl.Expr] = []
     for column in spec.columns:
-        value, column_rules = _column_rules(column, vocabulary)
-        typed.append(value.cast(TYPED_DTYPES[column.kind]).alias(f"_t_{column.name}"))
-        rules.extend(column_rules)
-        differs = _non_canonical(column, value)
-        if differs is not None:
-            non_canonical.append(differs)
+        rules.extend(_column_rules(column, pl.col(f"_t_{column.name}")))
     rules.extend(_table_rules(spec))
     carried = [c for c in ("_part",) if c in frame.columns]
-    flags = [cond.alias(f"_f{i}") for i, (cond, _) in enumerate(rules)]
-    keep = pl.any_horizontal(non_canonical).fill_null(False) if non_canonical else pl.lit(False)
-    flagged = frame.select(*carried, pl.col("line"), *spec.names, *typed, *flags, keep.alias("_keep"))
-    failing = pl.any_horizontal([f"_f{i}" for i in range(len(rules))])
-    rows = flagged.filter(~failing).select(
-        *carried, "line", *[pl.col(f"_t_{c}").alias(c) for c in spec.names])
+    flagged = frame.with_columns([cond.alias(f"_f{i}") for i, (cond, _) in enumerate(rules)])
     # texts over the stored raw values, as rejected_rows.csv shows them
-    side = flagged.filter(failing | pl.col("_keep")).with_columns([_stored(c).alias(c) for c in spec.names])
-    side = side.select(
+    flagged = flagged.with_columns([_stored(c).alias(c) for c in spec.names])
+    return flagged.select(
         *carried, "line",
         pl.concat_list([pl.when(pl.col(f"_f{i}")).then(text).otherwise(None)
                         for i, (_, text) in enumerate(rules)]).list.drop_nulls().alias("reasons"),
         *[pl.col(c).alias(f"raw_{c}") for c in spec.names],
         *[pl.col(f"_t_{c.name}").alias(c.name) for c in spec.columns if c.kind == "date"])
-    return rows, side
 
 
 def run_date_rules(spec: TableSpec, today: date) -> list[tuple[pl.Expr, pl.Expr]]:
