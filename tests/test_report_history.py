@@ -147,7 +147,8 @@ def test_outcomes_before_equal_episode_outcomes(tables, days_back):
     ep, se, ps = tables
     later = episode_outcomes(ep, se, ps, SUNDAY, SETTINGS)
     earlier = SUNDAY - timedelta(days=days_back)
-    assert_frame_equal(outcomes_before(ep, se, ps, later, SUNDAY, earlier, SETTINGS),
+    scored = scored_sessions(ep, se, ps, SUNDAY)
+    assert_frame_equal(outcomes_before(ep, scored, ps, later, SUNDAY, earlier, SETTINGS),
                        episode_outcomes(ep, se, ps, earlier, SETTINGS))
 
 

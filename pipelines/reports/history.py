@@ -22,7 +22,7 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from pipelines.outcomes.metrics import episode_outcomes, outcome_observations, reaches
+from pipelines.outcomes.metrics import episode_outcomes_from, outcome_observations, reaches
 from pipelines.settings import Settings
 
 
@@ -42,17 +42,22 @@ def touched_between(sessions: pl.DataFrame, pain_scores: pl.DataFrame, after: da
     ]).unique()
 
 
-def outcomes_before(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+def outcomes_before(episodes: pl.DataFrame, scored: pl.DataFrame, pain_scores: pl.DataFrame,
                     later_outcomes: pl.DataFrame, later: date, earlier: date,
                     settings: Settings | None = None) -> pl.DataFrame:
     """``episode_outcomes(episodes, sessions, pain_scores, earlier, settings)`` from the outcomes
-    as of ``later`` (>= ``earlier``): only the episodes with a session or follow-up dated in
-    (earlier, later] are computed again; the others keep their row."""
-    touched = touched_between(sessions, pain_scores, earlier, later)
+    and the scored sessions (``scored_sessions``) as of ``later`` >= ``earlier``.
+
+    Only the episodes with a session or follow-up dated in (earlier, later] are computed
+    again, from their scored sessions dated on or before ``earlier`` (a prefix of their
+    sessions as of ``later``, numbered the same); the others keep their row.
+    """
+    touched = touched_between(scored, pain_scores, earlier, later)
     kept = later_outcomes.filter(pl.col("referral_date") <= earlier).join(touched, on="episode_id", how="anti")
-    redone = episode_outcomes(episodes.join(touched, on="episode_id", how="semi"),
-                              sessions.join(touched, on="episode_id", how="semi"),
-                              pain_scores.join(touched, on="episode_id", how="semi"), earlier, settings)
+    redo = episodes.filter(pl.col("referral_date") <= earlier).join(touched, on="episode_id", how="semi")
+    scored_earlier = scored.filter(pl.col("session_date") <= earlier).join(redo.select("episode_id"),
+                                                                          on="episode_id", how="semi")
+    redone = episode_outcomes_from(redo, scored_earlier, pain_scores, earlier, settings)
     return pl.concat([kept, redone], how="vertical").sort("episode_id")
 
 

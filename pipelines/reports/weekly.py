@@ -270,7 +270,7 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
     outcomes = episode_outcomes_from(ep, scored, ps, sunday, settings)
     relief = session_relief_from(ep, scored, sunday)
     summary = condition_summary_from(outcomes, relief, settings)
-    previous = _pooled(outcomes_before(ep, se, ps, outcomes, sunday, previous_sunday, settings),
+    previous = _pooled(outcomes_before(ep, scored, ps, outcomes, sunday, previous_sunday, settings),
                        relief_before(relief, ep, previous_sunday), settings) if ep.height else None
     pooled = summary.filter(pl.col("condition") == ALL).row(0, named=True) if summary.height else None
 
