@@ -48,7 +48,7 @@ RAGGED_SCHEMA = {"line": pl.Int64, "reasons": pl.String, "raw": pl.String}
 
 #: rows checked in one vectorised pass: large enough that per-operation costs vanish, small
 #: enough that the raw text of one batch is all that is held at a time
-CHUNK_ROWS = int(os.environ.get("OUTCOMES_INGEST_CHUNK_ROWS", "2000000"))
+CHUNK_ROWS = int(os.environ.get("OUTCOMES_INGEST_CHUNK_ROWS", "1000000"))
 #: files read at the same time (reading, hashing and parsing release the GIL)
 READ_THREADS = max(1, int(os.environ.get("OUTCOMES_INGEST_THREADS", str(min(4, os.cpu_count() or 1)))))
 
@@ -66,15 +66,17 @@ class IngestResult:
 
 
 def _reference_rules(table: str, rows: pl.DataFrame,
-                     accepted: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, list, list[str]]:
-    """Rule 3: the rows with the looked-up columns the rules need, the rules, and those columns."""
+                     accepted: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, list]:
+    """Rule 3: the rows with the looked-up columns the rules need (``_referral``,
+    ``_session_episode``; the other columns are shared, not copied), and the rules."""
     if table == "episodes":
-        return rows, [], []
-    episodes = accepted["episodes"]
-    # accepted keys are unique: a lookup keeps the rows' order and adds one value per row
+        return rows, []
+    # accepted keys are unique: a left join keeping the rows' order gives one value per row
     # (null: no such accepted episode, referral_date being required)
-    rows = rows.with_columns(pl.col("episode_id").replace_strict(
-        episodes["episode_id"], episodes["referral_date"], default=None, return_dtype=pl.Date).alias("_referral"))
+    referral = rows.select("episode_id").join(
+        accepted["episodes"].select("episode_id", pl.col("referral_date").alias("_referral")),
+        on="episode_id", how="left", maintain_order="left").get_column("_referral")
+    rows = rows.with_columns(referral)
     no_episode = _rule(pl.col("_referral").is_null(), "episode_id: '", pl.col("episode_id"),
                        "' is not an accepted episode")
     if table == "sessions":
@@ -82,11 +84,11 @@ def _reference_rules(table: str, rows: pl.DataFrame,
                  _rule(pl.col("session_date") < pl.col("_referral"), "session_date: ",
                        pl.col("session_date").cast(pl.String), " is before the episode's referral_date ",
                        pl.col("_referral").cast(pl.String))]
-        return rows, rules, ["_referral"]
-    sessions = accepted["sessions"]
-    rows = rows.with_columns(pl.col("session_id").replace_strict(
-        sessions["session_id"], sessions["episode_id"], default=None,
-        return_dtype=pl.String).alias("_session_episode"))
+        return rows, rules
+    session_episode = rows.select("session_id").join(
+        accepted["sessions"].select("session_id", pl.col("episode_id").alias("_session_episode")),
+        on="session_id", how="left", maintain_order="left").get_column("_session_episode")
+    rows = rows.with_columns(session_episode)
     prepost = pl.col("timepoint").is_in(["pre", "post"])
     rules = [
         no_episode,
@@ -99,7 +101,7 @@ def _reference_rules(table: str, rows: pl.DataFrame,
               "recorded_on: ", pl.col("recorded_on").cast(pl.String),
               " is before the episode's referral_date ", pl.col("_referral").cast(pl.String)),
     ]
-    return rows, rules, ["_referral", "_session_episode"]
+    return rows, rules
 
 
 def _key(table: str) -> tuple[list[pl.Expr], pl.Expr]:
@@ -219,55 +221,80 @@ def _concat(frames: list[pl.DataFrame], file_idx: list[int], schema: dict) -> pl
     return frame.with_columns(pl.Series("file_idx", idx, dtype=pl.Int32))
 
 
-def _settle_table(spec: TableSpec, rows: pl.DataFrame, side: pl.DataFrame, today: date,
-                  accepted: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, list[pl.DataFrame], np.ndarray]:
+def _flagged(frame: pl.DataFrame, rules: list[tuple[pl.Expr, pl.Expr]]) -> np.ndarray:
+    """Where any of ``rules`` fails, as a numpy mask."""
+    return frame.select(pl.any_horizontal([cond for cond, _ in rules])).to_series().to_numpy()
+
+
+def _gather(frame: pl.DataFrame, positions: np.ndarray) -> pl.DataFrame:
+    return frame.select(pl.all().gather(positions))
+
+
+def _settle_table(spec: TableSpec, parts: dict[str, list], today: date, accepted: dict[str, pl.DataFrame],
+                  source_files: pl.Series) -> tuple[pl.DataFrame, list[pl.DataFrame], np.ndarray]:
     """Rules 2 (run date), 3 and 4 for one table.
 
-    ``rows``: rows that passed the rest of rule 2 (typed, in file order); ``side``: see
-    :func:`check_rows`. Returns the accepted rows (in file order), the rejected rows
-    (``file_idx``, ``line``, ``reasons``, ``raw_<col>``) and the counts of accepted,
-    duplicate and superseded rows per file (``[file_idx, status]``).
+    ``parts``: per file (``idx``), the rows that passed the rest of rule 2 (``rows``, typed)
+    and the ``side`` table (:func:`check_rows`); emptied here, so that each column of the
+    rows is freed once its accepted values are taken. Returns the accepted rows (in file
+    order, as output), the rejected rows (``file_idx``, ``line``, ``reasons``,
+    ``raw_<col>``) and the counts of accepted, duplicate and superseded rows per file
+    (``[file_idx, status]``).
     """
+    rows = _concat(parts["rows"], parts["idx"], rows_schema(spec))
+    side = _concat(parts["side"], parts["idx"], side_schema(spec))
+    parts.clear()
     raw_columns = [f"raw_{c}" for c in spec.names]
     out_columns = ["file_idx", "line", "reasons", *raw_columns]
     failed = side.filter(pl.col("reasons").list.len() > 0)
     kept = side.filter(pl.col("reasons").list.len() == 0)
+    del side
     date_rules = run_date_rules(spec, today)
     rejected: list[pl.DataFrame] = []
+    # rows are not filtered (a copy of every column) but marked: rows still in the running
+    alive = np.ones(rows.height, dtype=bool)
 
     # rule 2, the run date: added to the reasons of rows failing already, and rejecting others
     passing_failed, failed_later = failing_rows(failed, date_rules, existing="reasons")
     rejected += [passing_failed.select(out_columns), failed_later.select(out_columns)]
     if date_rules:
-        future = pl.any_horizontal([cond for cond, _ in date_rules])
-        in_future = rows.filter(future)
-        if in_future.height:
-            rows = rows.filter(~future)
-            _, bad = failing_rows(with_raw(in_future, kept, spec), date_rules)
+        future = _flagged(rows, date_rules)
+        if future.any():
+            _, bad = failing_rows(with_raw(_gather(rows, np.flatnonzero(future)), kept, spec), date_rules)
             rejected.append(bad.select(out_columns))
+            alive &= ~future
 
     # rule 3, references
-    looked_up, rules, lookups = _reference_rules(spec.name, rows, accepted)
+    looked_up, rules = _reference_rules(spec.name, rows, accepted)
     if rules:
-        rows, bad = failing_rows(looked_up, rules)
-        rows = rows.drop(lookups)
-        if bad.height:
-            rejected.append(with_raw(bad.drop(lookups), kept, spec).select(out_columns))
+        broken = _flagged(looked_up, rules) & alive
+        if broken.any():
+            _, bad = failing_rows(_gather(looked_up, np.flatnonzero(broken)), rules)
+            rejected.append(with_raw(bad.select(rows.columns + ["reasons"]), kept, spec).select(out_columns))
+            alive &= ~broken
+    del looked_up
 
     # rule 4, keys
     key, label = _key(spec.name)
-    status, conflicts = settle_keys(rows, key, spec.names)
+    status, conflicts = settle_keys(rows, key, spec.names, alive)
     if conflicts.height:
-        bad = rows.with_row_index("_i").with_columns(pl.col("_i").cast(pl.Int64)).join(
-            conflicts, on="_i", how="inner").with_columns(pl.concat_list([
-                pl.concat_str([label, pl.lit(": different versions of this key in the same file (lines "),
-                               pl.col("_lines"), pl.lit("), keep one version per export")])]).alias("reasons"))
+        conflicts = conflicts.sort("_i")
+        bad = _gather(rows, conflicts["_i"].to_numpy()).with_columns(conflicts["_lines"]).with_columns(
+            pl.concat_list([pl.concat_str([label, pl.lit(": different versions of this key in the same file (lines "),
+                                           pl.col("_lines"), pl.lit("), keep one version per export")])]).alias("reasons"))
         rejected.append(with_raw(bad, kept, spec).select(out_columns))
     file_idx = rows["file_idx"].to_numpy()
-    counts = np.bincount(file_idx.astype(np.int64) * 4 + status, minlength=4 * (int(file_idx.max()) + 1)
-                         if file_idx.size else 0).reshape(-1, 4)
-    accepted_rows = rows.filter(pl.Series(status == ACCEPTED))
-    return accepted_rows, rejected, counts
+    counts = np.bincount(file_idx[alive].astype(np.int64) * 4 + status[alive],
+                         minlength=4 * len(source_files)).reshape(-1, 4)
+    # the accepted rows as output, column by column, each column of rows freed once taken
+    take = pl.Series(alive & (status == ACCEPTED))
+    del file_idx, alive, status
+    out = []
+    for name in [*spec.names, "file_idx", "line"]:
+        out.append(rows.get_column(name).filter(take))
+        rows = rows.drop(name)
+    table = pl.DataFrame(out[:-2] + [_source_file(out[-2], source_files), out[-1]])
+    return table, rejected, counts
 
 
 def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | None = None,
@@ -330,14 +357,8 @@ def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | Non
     rejected: list[pl.DataFrame] = [r.select(list(REJECTED_SCHEMA)) for r in ragged]
     for table in TABLE_ORDER:
         spec = TABLES[table]
-        rows = _concat(parts[table]["rows"], parts[table]["idx"], rows_schema(spec))
-        side = _concat(parts[table]["side"], parts[table]["idx"], side_schema(spec))
-        del parts[table]
-        settled, bad, table_counts = _settle_table(spec, rows, side, today, accepted)
-        del rows
-        counts[:table_counts.shape[0]] += table_counts
-        accepted[table] = settled.select(
-            *spec.names, _source_file(settled["file_idx"], source_files), "line")
+        accepted[table], bad, table_counts = _settle_table(spec, parts.pop(table), today, accepted, source_files)
+        counts += table_counts
         raw_json = pl.struct([mask_expr(pl.col(f"raw_{c}")).alias(c) for c in spec.names]).struct.json_encode()
         bad_rows = pl.concat(bad, how="vertical")
         rejected.append(bad_rows.select(

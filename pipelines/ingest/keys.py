@@ -19,18 +19,20 @@ def _same(column: str, dtype: pl.DataType, other: pl.Expr) -> pl.Expr:
     return equal
 
 
-def settle_keys(rows: pl.DataFrame, key: list[pl.Expr], content_columns: list[str]) -> tuple[np.ndarray, pl.DataFrame]:
+def settle_keys(rows: pl.DataFrame, key: list[pl.Expr], content_columns: list[str],
+                alive: np.ndarray | None = None) -> tuple[np.ndarray, pl.DataFrame]:
     """The status of every row (accepted / duplicate / superseded / rejected, as codes).
 
     ``rows`` passed rules 2 and 3, carries ``file_idx`` (file order) and ``line`` and is in
-    that order. ``key``: expressions whose values together are a row's key. Conflicting
+    that order; with ``alive`` (a mask), only those rows take part. ``key``: expressions whose values together are a row's key. Conflicting
     versions inside one file are all rejected; identical rows inside one file keep one
     representative (the last); across files the last file's representative is accepted and
     earlier ones are duplicates if equal, else superseded. Versions are compared on their
     normalised ``content_columns``, exactly.
 
-    Returns the status codes (aligned with ``rows``) and, for the rejected rows, a frame with
-    their position ``_i`` and the ``_lines`` of their file that hold the key.
+    Returns the status codes (aligned with ``rows``; meaningless where not ``alive``) and,
+    for the rejected rows, a frame with their position ``_i`` and the ``_lines`` of their
+    file that hold the key.
     """
     n = rows.height
     status = np.full(n, ACCEPTED, dtype=np.uint8)
@@ -38,17 +40,21 @@ def settle_keys(rows: pl.DataFrame, key: list[pl.Expr], content_columns: list[st
     if n == 0:
         return status, no_conflicts
     key_names = [f"_k{i}" for i in range(len(key))]
-    keys = rows.select([k.alias(name) for k, name in zip(key, key_names)])
     # a key seen once is accepted as it is; a hash finds the (few) shared keys cheaply, and
     # everything after compares the keys themselves (a hash collision only costs time)
-    hashed = keys.select(pl.struct(key_names).hash().alias("_h")).to_series()
-    shared = np.flatnonzero(hashed.is_duplicated().to_numpy())
+    hashed = rows.select(pl.struct([k.alias(name) for k, name in zip(key, key_names)]).hash().alias("_h")).to_series()
+    if alive is None:
+        shared = np.flatnonzero(hashed.is_duplicated().to_numpy())
+    else:
+        positions = np.flatnonzero(alive)
+        shared = positions[hashed.gather(positions).is_duplicated().to_numpy()]
     if shared.size == 0:
         return status, no_conflicts
     dtypes = rows.schema
-    sub = pl.concat([rows.select("file_idx", "line", *content_columns), keys,
-                     hashed.to_frame()], how="horizontal").select(pl.all().gather(shared))
-    sub = sub.with_columns(pl.Series("_i", shared, dtype=pl.Int64))
+    sub = rows.select(pl.col("file_idx", "line", *content_columns).gather(shared),
+                      *[k.gather(shared).alias(name) for k, name in zip(key, key_names)],
+                      pl.lit(hashed).gather(shared).alias("_h"),
+                      pl.lit(pl.Series("_i", shared, dtype=pl.Int64)))
     # rows are in file order, so a stable sort by key puts each key's rows in file, line order
     sub = sub.sort("_h", maintain_order=True)
     first = pl.int_range(pl.len()) == 0
