@@ -111,7 +111,33 @@ def test_run_date_rule_is_applied_on_cached_rows(raw, tmp_path):
 def test_corrupt_cache_is_ignored(raw, tmp_path):
     cache = tmp_path / "cache"
     run(raw, cache)
-    for entry in (cache / "entries").glob("*.parquet"):
+    for entry in (cache / "entries").iterdir():
         entry.write_bytes(b"not parquet")
     assert_same(tables(run(raw, cache)), tables(ingest_folder(raw, today=TODAY)))
     assert IngestCache(cache, Vocabulary.load().fingerprint()).manifest
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "header"])
+def test_torn_or_damaged_entry_is_a_miss(raw, tmp_path, damage):
+    """Entries are not fsync'ed: one left torn or damaged by a crash must read as a miss."""
+    cache = tmp_path / "cache"
+    run(raw, cache)
+    entries = sorted((cache / "entries").iterdir())
+    assert entries and all(e.suffix == ".entry" for e in entries)  # one file per parsed file
+    for entry in entries:
+        data = entry.read_bytes()
+        if damage == "truncate":
+            data = data[: len(data) - 7]
+        elif damage == "flip":
+            data = data[:-20] + bytes([data[-20] ^ 0x55]) + data[-19:]
+        elif damage == "empty":
+            data = b""
+        else:
+            data = b"{}\n" + data.split(b"\n", 1)[1]
+        entry.write_bytes(data)
+    store = IngestCache(cache, Vocabulary.load().fingerprint())
+    for path in sorted(raw.iterdir()):
+        if path.suffix == ".csv":
+            table = path.name.rsplit("_", 1)[0]
+            assert store.load(path.name, path, table) is None, (damage, path.name)
+    assert_same(tables(run(raw, cache)), tables(ingest_folder(raw, today=TODAY)))

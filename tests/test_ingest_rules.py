@@ -880,6 +880,88 @@ def test_conflicting_pain_scores_in_one_export(write_raw, ingest_csv, run_ingest
     assert rejected_lines(res, "pain_scores.csv") == [2, 3, 4, 5]
 
 
+def test_rows_rejected_by_later_rules_show_their_cells_as_written(write_raw, ingest_csv, run_ingest):
+    """Rows that pass rule 2 travel as typed values; a row rejected by the run date, a
+    reference or a key conflict still shows its raw cells as the file wrote them."""
+    write_raw("episodes.csv", ingest_csv(
+        "episodes",
+        {"episode_id": "E1"},
+        {"episode_id": "E2", "condition": " LBP ", "prescribed_sessions": "+06.0", "sex": "f",
+         "chronicity": "Chronic", "age_band": " 75+", "referral_date": "2026-03-02"},    # 3 run date
+        {"episode_id": "E3", "condition": "Low-Back pain", "prescribed_sessions": "7"},  # 4 conflict
+        {"episode_id": "E3", "condition": "neck", "prescribed_sessions": "7.0"}))        # 5 conflict
+    write_raw("sessions.csv", ingest_csv(
+        "sessions", {"session_id": "S1"},
+        {"session_id": "S2", "episode_id": "E9", "duration_min": "045", "session_date": "2026-01-05"}))
+    write_raw("pain_scores.csv", ingest_csv(
+        "pain_scores",
+        {"session_id": "S9", "timepoint": "PRE", "score": "4.50"},                       # 2
+        {"session_id": "S9", "timepoint": "post", "score": "-0"},                        # 3
+        {"session_id": "S9", "timepoint": "pre ", "score": "0.125"},                     # 4 (same key as 2)
+        {"episode_id": "E9", "session_id": "", "timepoint": "followup", "score": "1e0",
+         "recorded_on": "2026-02-01"},                                                   # 5
+        {"episode_id": "E9", "session_id": "", "timepoint": "Followup", "score": "10",
+         "recorded_on": "2026-02-02"}))                                                  # 6
+    res = run_ingest(TODAY)
+
+    def raw(source_file, line):
+        return json.loads(rejected_at(res, source_file, line)["raw"])
+
+    assert raw("episodes.csv", 3) == {
+        "episode_id": "E2", "patient_id": "P1", "clinic_id": "C1", "condition": "LBP",
+        "referral_date": "2026-03-02", "prescribed_sessions": "+06.0", "age_band": "75+", "sex": "f",
+        "chronicity": "Chronic"}
+    assert raw("episodes.csv", 4)["condition"] == "Low-Back pain"
+    assert raw("episodes.csv", 4)["prescribed_sessions"] == "7"
+    assert raw("episodes.csv", 5)["condition"] == "neck"
+    assert raw("episodes.csv", 5)["prescribed_sessions"] == "7.0"
+    assert raw("sessions.csv", 3)["duration_min"] == "045"
+    assert raw("sessions.csv", 3)["session_date"] == "2026-01-05"
+    assert [(raw("pain_scores.csv", line)["timepoint"], raw("pain_scores.csv", line)["score"])
+            for line in range(2, 7)] == [("PRE", "4.50"), ("post", "-0"), ("pre", "0.125"),
+                                         ("followup", "1e0"), ("Followup", "10")]
+    assert raw("pain_scores.csv", 5)["recorded_on"] == "2026-02-01"
+    assert raw("pain_scores.csv", 5)["session_id"] is None
+
+
+@pytest.mark.parametrize("value", ["0001-01-01", "0999-12-31", "1000-01-01", "1900-02-28", "2000-02-29",
+                                   "2024-02-29", "2026-01-05", "9999-12-31"])
+def test_a_real_iso_date_prints_back_as_written(value):
+    """Rows keep typed dates only; the raw text of a rejected row's date is the date printed
+    back, which is exact for every real date in the YYYY-MM-DD form."""
+    from pipelines.ingest.spec import EPISODES
+    from pipelines.ingest.validate import _typed, raw_text
+    from pipelines.vocabulary import Vocabulary
+
+    column = EPISODES.column("referral_date")
+    typed = pl.DataFrame({"referral_date": [value]}).select(
+        _typed(column, Vocabulary(lookup={}, labels={}, source="")))
+    assert typed.select(raw_text(column)).item() == value
+
+
+def test_keys_are_settled_the_same_when_hashes_collide(write_raw, ingest_csv, run_ingest, monkeypatch):
+    """Shared keys are found by hash; a collision must cost time, never change a status."""
+    write_raw("episodes_1.csv", ingest_csv("episodes", *({"episode_id": f"E{i}", "clinic_id": f"C{i % 3}"}
+                                                         for i in range(8))))
+    write_raw("episodes_2.csv", ingest_csv("episodes", *({"episode_id": f"E{i}", "clinic_id": f"C{i % 2}"}
+                                                         for i in range(0, 12, 2)),
+                                           {"episode_id": "E1", "clinic_id": "C9"}))
+    write_raw("pain_scores_1.csv", ingest_csv(
+        "pain_scores", {"episode_id": "E0", "session_id": "", "timepoint": "followup", "score": "3",
+                        "recorded_on": "2026-02-01"},
+        {"episode_id": "E0", "session_id": "", "timepoint": "followup", "score": "4", "recorded_on": "2026-02-02"},
+        {"episode_id": "E2", "session_id": "", "timepoint": "followup", "score": "4", "recorded_on": "2026-02-01"}))
+    write_raw("pain_scores_2.csv", ingest_csv(
+        "pain_scores", {"episode_id": "E0", "session_id": "", "timepoint": "followup", "score": "3.5",
+                        "recorded_on": "2026-02-01"}))
+    expected = run_ingest(TODAY)
+    monkeypatch.setattr(pl.Expr, "hash", lambda self, *args, **kwargs: pl.lit(7, pl.UInt64).repeat_by(
+        pl.len()).explode())
+    collided = run_ingest(TODAY)
+    for name in ("episodes", "pain_scores", "rejected", "audit"):
+        assert collided.table(name).equals(expected.table(name)), name
+
+
 def test_invalid_newest_version_does_not_displace_valid_older_one(write_raw, ingest_csv, run_ingest):
     write_raw("episodes_2026-01.csv", ingest_csv("episodes", {"clinic_id": "OLD"}))
     write_raw("episodes_2026-02.csv", ingest_csv("episodes", {"clinic_id": "NEW", "referral_date": "2026-02-30"}))

@@ -16,11 +16,11 @@ The cache is derived state under the processed folder; deleting it is always saf
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import tempfile
+import zlib
 from pathlib import Path
 
 import polars as pl
@@ -29,22 +29,21 @@ from pipelines.io import atomic_path
 
 #: bump when what is cached, or how it is checked, changes
 RULES_VERSION = "3"
-#: the frames of one parsed file, each one Parquet file (empty ones are not written)
+#: the frames of one parsed file, each stored as Parquet in the entry (empty ones are not)
 PARTS = ("rows", "side", "ragged")
+#: an entry is one file: a line of JSON (the parse's status, reason and sha256, and the
+#: length and CRC-32 of each part), then the parts one after the other
+ENTRY_FORMAT = "outcomes-ingest-entry-1"
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def _write(target: Path, data: bytes) -> None:
-    """Write beside the target, then rename. Not fsync'ed: an entry is derived state, and
-    its metadata, written last, holds a digest of every data file, so an entry a crash left
-    incomplete reads as a miss."""
+def _write(target: Path, chunks: list[bytes]) -> None:
+    """Write beside the target, then rename. Not fsync'ed: an entry is derived state whose
+    header holds the length and checksum of every part, so an entry a crash left torn
+    reads as a miss (and one file per entry: creating files is what costs here)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            fh.writelines(chunks)
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -88,20 +87,29 @@ class IngestCache:
             return None
         stem = self._stem(known["sha256"], table)
         try:
-            meta = json.loads((self.entries / f"{stem}.json").read_text())
-            if meta.get("status") == "ingested":
+            raw = (self.entries / f"{stem}.entry").read_bytes()
+            end = raw.index(b"\n")
+            meta = json.loads(raw[:end])
+            data = memoryview(raw)
+            start = end + 1
+            if meta.pop("format", None) != ENTRY_FORMAT or meta.get("status") not in ("ingested", "refused"):
+                raise ValueError(f"{stem}: not an ingest cache entry")
+            if meta["status"] == "ingested":
                 schemas = _schemas(table)
                 for part in PARTS:
-                    digest = meta.pop(f"{part}_digest")
-                    if digest is None:
+                    length, checksum = meta.pop(f"{part}_part")
+                    if length == 0:
                         meta[part] = pl.DataFrame(schema=schemas[part])
                         continue
-                    data = (self.entries / f"{stem}.{part}.parquet").read_bytes()
-                    if _digest(data) != digest:
-                        raise ValueError(f"{stem}.{part}: digest mismatch")
-                    meta[part] = pl.read_parquet(io.BytesIO(data))
+                    blob = data[start:start + length]
+                    start += length
+                    if len(blob) != length or zlib.crc32(blob) != checksum:
+                        raise ValueError(f"{stem}.{part}: torn or damaged")
+                    meta[part] = pl.read_parquet(io.BytesIO(blob))
                     if meta[part].schema != pl.Schema(schemas[part]):
                         raise ValueError(f"{stem}.{part}: unexpected schema")
+            if start != len(data):
+                raise ValueError(f"{stem}: unexpected length")
         except (OSError, ValueError, KeyError, TypeError, pl.exceptions.PolarsError):
             self.misses += 1
             return None
@@ -117,19 +125,20 @@ class IngestCache:
         self.entries.mkdir(parents=True, exist_ok=True)
         stem = self._stem(sha256, table)
         meta = {k: v for k, v in parsed.items() if k not in PARTS}
+        meta["format"] = ENTRY_FORMAT
+        blobs = []
         if parsed["status"] == "ingested":
             for part in PARTS:
                 frame = parsed[part]
-                if frame.height == 0:
-                    meta[f"{part}_digest"] = None
-                    continue
-                buffer = io.BytesIO()
-                # light compression: the cache is read back whole, and written on every new file
-                frame.write_parquet(buffer, compression="lz4", statistics=False)
-                data = buffer.getvalue()
-                _write(self.entries / f"{stem}.{part}.parquet", data)
-                meta[f"{part}_digest"] = _digest(data)
-        _write(self.entries / f"{stem}.json", json.dumps(meta).encode())
+                blob = b""
+                if frame.height:
+                    buffer = io.BytesIO()
+                    # light compression: an entry is read back whole, and written for every new file
+                    frame.write_parquet(buffer, compression="lz4", statistics=False)
+                    blob = buffer.getvalue()
+                meta[f"{part}_part"] = [len(blob), zlib.crc32(blob)]
+                blobs.append(blob)
+        _write(self.entries / f"{stem}.entry", [json.dumps(meta).encode() + b"\n", *blobs])
         self.seen[relpath] = {**signature, "sha256": sha256}
 
     def finish(self) -> None:

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import polars as pl
@@ -170,13 +170,16 @@ def _split(frame: pl.DataFrame, parts: int) -> list[pl.DataFrame]:
     return [frame.slice(int(start), int(count)) for start, count in zip(starts, counts)]
 
 
-def parse_files(files: list[RawFile], vocabulary: Vocabulary) -> list[dict]:
+def parse_files(files: list[RawFile], vocabulary: Vocabulary,
+                on_parsed: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Rules 1 and 2 (without the run-date rule) for each file: status, reason, sha256 and,
     for readable files, the rows that passed (``rows``, typed), the ``side`` table
     (:func:`check_rows`) and the rows with the wrong number of fields (``ragged``).
 
     The row rules run in one vectorised pass per table over batches of files.
+    ``on_parsed(position, parsed)`` is called for each file as soon as it is done.
     """
+    done = on_parsed or (lambda position, parsed: None)
     parsed: list[dict] = [{} for _ in files]
     pending: dict[str, list[tuple[int, ReadFile]]] = {t: [] for t in TABLE_ORDER}
     pending_rows = dict.fromkeys(TABLE_ORDER, 0)
@@ -194,12 +197,14 @@ def parse_files(files: list[RawFile], vocabulary: Vocabulary) -> list[dict]:
         blank_lines = np.bincount(blank.to_numpy(), minlength=len(parts))
         for k, ((position, read), r, s) in enumerate(zip(parts, _split(rows, len(parts)), _split(side, len(parts)))):
             parsed[position].update(rows=r, side=s, reason=_notes(read.extra_columns, int(blank_lines[k])))
+            done(position, parsed[position])
         pending[table] = []
         pending_rows[table] = 0
 
     for position, read in _read_files(files):
         if isinstance(read, dict):
             parsed[position] = read
+            done(position, read)
             continue
         table = files[position].table
         parsed[position] = {"status": "ingested", "reason": None, "sha256": read.sha256, "ragged": read.ragged}
@@ -322,13 +327,32 @@ def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | Non
             except OSError:
                 signature = None
             pending.append((file_idx, raw, signature))
-    for (file_idx, raw, signature), parsed in zip(pending, parse_files([p[1] for p in pending], vocabulary)):
+    # a fresh parse is stored in the cache in the background, while the next files are read
+    # and the tables settled (writing Parquet releases the GIL)
+    storing = ThreadPoolExecutor(1, thread_name_prefix="ingest-cache") if cache is not None else None
+    stored: list = []
+
+    def store(position: int, parsed: dict) -> None:
+        file_idx, raw, signature = pending[position]
         results[file_idx] = parsed
-        if cache is not None and not raw.refusal:
-            cache.store(raw.relpath, raw.path, raw.table, parsed, signature)
+        if storing is not None and not raw.refusal:
+            stored.append(storing.submit(cache.store, raw.relpath, raw.path, raw.table, parsed, signature))
+
+    try:
+        parse_files([p[1] for p in pending], vocabulary, on_parsed=store)
+        result = _settle(files, results, today)
+        for future in stored:
+            future.result()
+    finally:
+        if storing is not None:
+            storing.shutdown(wait=True, cancel_futures=True)
     if cache is not None:
         cache.finish()
+    return result
 
+
+def _settle(files: list[RawFile], results: dict[int, dict], today: date) -> IngestResult:
+    """Rules 2 (run date), 3 and 4 over the parsed files, in order; the audit."""
     file_rows: list[dict] = []
     parts: dict[str, dict[str, list]] = {t: {"rows": [], "side": [], "idx": []} for t in TABLE_ORDER}
     ragged: list[pl.DataFrame] = []
