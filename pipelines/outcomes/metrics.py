@@ -38,23 +38,28 @@ def episodes_as_of(episodes: pl.DataFrame, as_of: date) -> pl.DataFrame:
 def numbered_sessions(episodes: pl.DataFrame, sessions: pl.DataFrame, as_of: date) -> pl.DataFrame:
     """Sessions dated on or before D, numbered k = 1..n per episode by (session_date, session_id)."""
     return (
-        sessions.filter(pl.col("session_date") <= as_of)
-        .join(episodes.select("episode_id"), on="episode_id", how="semi")
+        sessions.lazy().filter(pl.col("session_date") <= as_of)
+        .join(episodes.lazy().select("episode_id"), on="episode_id", how="semi")
         .select("session_id", "episode_id", "session_date")
         .sort("episode_id", "session_date", "session_id")
         .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("episode_id").alias("k"))
+        .collect()
     )
 
 
 def session_scores(numbered: pl.DataFrame, pain_scores: pl.DataFrame) -> pl.DataFrame:
-    """One row per numbered session with its ``pre`` and ``post`` scores (null when absent)."""
-    out = numbered
+    """One row per numbered session with its ``pre`` and ``post`` scores (null when absent).
+
+    Scores are matched by session_id alone: in accepted data a pre/post score's key is
+    (session_id, timepoint) and its episode_id is its session's (CONTRACT.md, checked by
+    ingest and by the blocking asset checks), so the episode adds nothing to the match.
+    """
+    out = numbered.lazy()
     for tp in ("pre", "post"):
-        scores = (pain_scores.filter(pl.col("timepoint") == tp)
-                  .select("session_id", "episode_id", pl.col("score").cast(pl.Float64).alias(tp))
-                  .unique(subset=["session_id", "episode_id"], keep="first"))
-        out = out.join(scores, on=["session_id", "episode_id"], how="left")
-    return out
+        scores = (pain_scores.lazy().filter(pl.col("timepoint") == tp)
+                  .select("session_id", pl.col("score").cast(pl.Float64).alias(tp)))
+        out = out.join(scores, on="session_id", how="left", maintain_order="left")
+    return out.collect()
 
 
 def outcome_observations(numbered: pl.DataFrame, scored: pl.DataFrame, pain_scores: pl.DataFrame,
@@ -64,13 +69,18 @@ def outcome_observations(numbered: pl.DataFrame, scored: pl.DataFrame, pain_scor
     ``pre`` of session k >= 2 gives t = k - 1 on the session's date; a follow-up gives
     t = the number of sessions dated on or before its recorded_on, and is dropped at t = 0.
     """
+    return _observations(numbered.lazy(), scored.lazy(), pain_scores.lazy(), episodes.lazy(), as_of).collect()
+
+
+def _observations(numbered: pl.LazyFrame, scored: pl.LazyFrame, pain_scores: pl.LazyFrame,
+                  episodes: pl.LazyFrame, as_of: date) -> pl.LazyFrame:
     from_pre = scored.filter((pl.col("k") >= 2) & pl.col("pre").is_not_null()).select(
         "episode_id", pl.col("session_date").alias("date"), (pl.col("k") - 1).alias("t"),
         pl.col("pre").alias("score"))
     followups = (
         pain_scores.filter((pl.col("timepoint") == "followup") & (pl.col("recorded_on") <= as_of))
         .join(episodes.select("episode_id"), on="episode_id", how="semi")
-        .select("episode_id", pl.col("recorded_on").alias("date"), "score")
+        .select("episode_id", pl.col("recorded_on").alias("date"), pl.col("score").cast(pl.Float64))
         .sort("date")
     )
     # sessions on or before each date = the largest k among sessions dated on or before it
@@ -109,12 +119,14 @@ def episode_outcomes_from(episodes: pl.DataFrame, scored: pl.DataFrame, pain_sco
                           as_of: date, settings: Settings | None = None) -> pl.DataFrame:
     """:func:`episode_outcomes` from the output of :func:`scored_sessions` for the same ``as_of``."""
     settings = settings or Settings()
-    eps = episodes_as_of(episodes, as_of)
-    obs = outcome_observations(scored, scored, pain_scores, eps, as_of)
+    eps = episodes_as_of(episodes, as_of).lazy()
+    scored = scored.lazy()
+    obs = _observations(scored, scored, pain_scores.lazy(), eps, as_of)
 
     attended = scored.group_by("episode_id").agg(pl.len().cast(pl.Int64).alias("sessions_attended"))
     baseline = scored.filter(pl.col("k") == 1).select("episode_id", pl.col("pre").alias("baseline_pain"))
-    obs = obs.join(baseline, on="episode_id", how="left").with_columns(
+    # the aggregations below take first/last in (date, t) order: keep the observations' order
+    obs = obs.join(baseline, on="episode_id", how="left", maintain_order="left").with_columns(
         (100.0 * (pl.col("baseline_pain") - pl.col("score")) / pl.col("baseline_pain")).alias("_pct"))
     per_episode = obs.group_by("episode_id").agg(
         pl.col("score").last().alias("final_pain"),
@@ -150,7 +162,7 @@ def episode_outcomes_from(episodes: pl.DataFrame, scored: pl.DataFrame, pain_sco
         pl.when(analysed).then(pl.coalesce("_response_t", "_last_t")).cast(pl.Int64).alias("sessions_to_response"),
         pl.when(analysed).then(pl.col("_response_t").is_not_null()).alias("response_observed"),
     )
-    return out.select(OUTCOME_COLUMNS + EXTRA_COLUMNS).sort("episode_id")
+    return out.select(OUTCOME_COLUMNS + EXTRA_COLUMNS).sort("episode_id").collect()
 
 
 def session_relief(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
