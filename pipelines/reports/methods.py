@@ -22,7 +22,7 @@ def methods_paragraphs(settings: Settings) -> list[str]:
         "Sessions to response is the number of sessions after which the patient's pain had first "
         f"fallen by {settings.response_threshold:g}%. Patients who stop, or are still in treatment, before "
         "responding are censored at their last rating, and the share improved by each session is a "
-        "Kaplan-Meier estimate (Kaplan & Meier 1958; lifelines), with pointwise 95% bands by "
+        "Kaplan-Meier estimate (Kaplan & Meier 1958; as computed by lifelines), with pointwise 95% bands by "
         "Greenwood's variance on the log(-log) scale. 'Not reached' means fewer than half had "
         "responded within the sessions observed.",
         "Mean change has a Student-t 95% interval; responder rates have Wilson score intervals "
