@@ -190,7 +190,10 @@ def read_csv(path: Path, spec: TableSpec) -> ReadFile:
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in positional},
                 include_columns=[p for p, m in zip(positional, matched) if m],
-                strings_can_be_null=False, quoted_strings_can_be_null=False),
+                strings_can_be_null=False, quoted_strings_can_be_null=False,
+                # the whole file is valid UTF-8 (checked above), and fields are cut at ASCII
+                # bytes only, so every field is too
+                check_utf8=False),
         )
     except (pa.ArrowInvalid, pa.ArrowException) as exc:
         raise RefusedFile(f"cannot be parsed as CSV: {exc}") from None
