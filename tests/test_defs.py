@@ -56,3 +56,28 @@ def test_jobs_and_resources():
     assert report_job.partitions_def is not None
     assert {s.name for s in defs.schedules} == {"weekly_report_schedule"}
     assert {s.name for s in defs.sensors} == {"new_exports_sensor"}
+
+
+def test_reference_checks_fail_on_orphans_with_projected_inputs():
+    """The reference checks read only a few columns of their extra inputs and still catch orphans."""
+    import datetime as dt
+
+    import polars as pl
+
+    from pipelines.defs.ingest.checks import pain_scores_reference_sessions, sessions_reference_episodes
+
+    episodes = pl.DataFrame({"episode_id": ["E1"], "referral_date": [dt.date(2026, 1, 5)]})
+    sessions = pl.DataFrame({"session_id": ["S1", "S2", "S3"], "episode_id": ["E1", "E9", "E1"],
+                             "session_date": [dt.date(2026, 1, 6), dt.date(2026, 1, 6), dt.date(2026, 1, 4)]})
+    result = sessions_reference_episodes(sessions=sessions, episodes=episodes)
+    assert not result.passed
+    assert result.metadata["orphan_sessions"].value == 1
+    assert result.metadata["sessions_before_referral"].value == 1
+    scores = pl.DataFrame({"episode_id": ["E1", "E1", "E7"], "session_id": ["S1", "S2", None],
+                           "timepoint": ["pre", "pre", "followup"], "score": [3.0, 4.0, 2.0],
+                           "recorded_on": [None, None, dt.date(2026, 2, 1)]})
+    result = pain_scores_reference_sessions(pain_scores=scores, sessions=sessions.select("session_id", "episode_id"),
+                                            episodes=episodes.select("episode_id"))
+    assert not result.passed
+    assert result.metadata["scores_without_episode"].value == 1
+    assert result.metadata["prepost_without_own_session"].value == 1

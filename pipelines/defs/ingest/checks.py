@@ -1,4 +1,6 @@
-"""Data-quality checks on the ingest outputs, visible in the Dagster UI."""
+"""Data-quality checks on the ingest outputs, visible in the Dagster UI.
+
+Extra inputs read only the columns a check uses (AssetIn metadata ``columns``)."""
 
 
 import dagster as dg
@@ -50,7 +52,8 @@ def pain_scores_key_unique(pain_scores: pl.DataFrame) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset="sessions", name="sessions_reference_episodes", blocking=True,
-                additional_ins={"episodes": dg.AssetIn("episodes")},
+                additional_ins={"episodes": dg.AssetIn("episodes",
+                                                       metadata={"columns": ["episode_id", "referral_date"]})},
                 description="Every accepted session names an accepted episode and is not before its referral.")
 def sessions_reference_episodes(sessions: pl.DataFrame, episodes: pl.DataFrame) -> dg.AssetCheckResult:
     joined = sessions.join(episodes.select("episode_id", "referral_date"), on="episode_id", how="left")
@@ -61,7 +64,8 @@ def sessions_reference_episodes(sessions: pl.DataFrame, episodes: pl.DataFrame) 
 
 
 @dg.asset_check(asset="pain_scores", name="pain_scores_reference_sessions", blocking=True,
-                additional_ins={"sessions": dg.AssetIn("sessions"), "episodes": dg.AssetIn("episodes")},
+                additional_ins={"sessions": dg.AssetIn("sessions", metadata={"columns": ["session_id", "episode_id"]}),
+                                "episodes": dg.AssetIn("episodes", metadata={"columns": ["episode_id"]})},
                 description="Every accepted score names an accepted episode; pre/post an accepted session of it.")
 def pain_scores_reference_sessions(pain_scores: pl.DataFrame, sessions: pl.DataFrame,
                                    episodes: pl.DataFrame) -> dg.AssetCheckResult:
