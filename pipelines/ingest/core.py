@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from pipelines.ingest.cache import IngestCache
-from pipelines.ingest.keys import ACCEPTED, REJECTED, STATUS_NAMES, settle_keys
+from pipelines.ingest.keys import ACCEPTED, STATUS_NAMES, settle_keys
 from pipelines.ingest.privacy import mask_expr
 from pipelines.ingest.reader import RawFile, ReadFile, RefusedFile, discover, read_file
 from pipelines.ingest.spec import TABLE_ORDER, TABLES, TableSpec
@@ -284,9 +284,10 @@ def _settle_table(spec: TableSpec, parts: dict[str, list], today: date, accepted
     status, conflicts = settle_keys(rows, key, spec.names, alive)
     if conflicts.height:
         conflicts = conflicts.sort("_i")
+        reason = pl.concat_str([label, pl.lit(": different versions of this key in the same file (lines "),
+                                pl.col("_lines"), pl.lit("), keep one version per export")])
         bad = _gather(rows, conflicts["_i"].to_numpy()).with_columns(conflicts["_lines"]).with_columns(
-            pl.concat_list([pl.concat_str([label, pl.lit(": different versions of this key in the same file (lines "),
-                                           pl.col("_lines"), pl.lit("), keep one version per export")])]).alias("reasons"))
+            pl.concat_list([reason]).alias("reasons"))
         rejected.append(with_raw(bad, kept, spec).select(out_columns))
     file_idx = rows["file_idx"].to_numpy()
     counts = np.bincount(file_idx[alive].astype(np.int64) * 4 + status[alive],

@@ -24,11 +24,12 @@ def settle_keys(rows: pl.DataFrame, key: list[pl.Expr], content_columns: list[st
     """The status of every row (accepted / duplicate / superseded / rejected, as codes).
 
     ``rows`` passed rules 2 and 3, carries ``file_idx`` (file order) and ``line`` and is in
-    that order; with ``alive`` (a mask), only those rows take part. ``key``: expressions whose values together are a row's key. Conflicting
-    versions inside one file are all rejected; identical rows inside one file keep one
-    representative (the last); across files the last file's representative is accepted and
-    earlier ones are duplicates if equal, else superseded. Versions are compared on their
-    normalised ``content_columns``, exactly.
+    that order; with ``alive`` (a mask), only those rows take part. ``key``: expressions
+    whose values together are a row's key. Conflicting versions inside one file are all
+    rejected; identical rows inside one file keep one representative (the last); across
+    files the last file's representative is accepted and earlier ones are duplicates if
+    equal, else superseded. Versions are compared on their normalised ``content_columns``,
+    exactly.
 
     Returns the status codes (aligned with ``rows``; meaningless where not ``alive``) and,
     for the rejected rows, a frame with their position ``_i`` and the ``_lines`` of their
@@ -42,7 +43,8 @@ def settle_keys(rows: pl.DataFrame, key: list[pl.Expr], content_columns: list[st
     key_names = [f"_k{i}" for i in range(len(key))]
     # a key seen once is accepted as it is; a hash finds the (few) shared keys cheaply, and
     # everything after compares the keys themselves (a hash collision only costs time)
-    hashed = rows.select(pl.struct([k.alias(name) for k, name in zip(key, key_names)]).hash().alias("_h")).to_series()
+    hashed = rows.select(
+        pl.struct([k.alias(name) for k, name in zip(key, key_names)]).hash().alias("_h")).to_series()
     if alive is None:
         shared = np.flatnonzero(hashed.is_duplicated().to_numpy())
     else:

@@ -217,7 +217,8 @@ def _column_flags(frame: pl.DataFrame, column: Column, vocabulary: Vocabulary) -
     return checked.drop("_cell")
 
 
-def check_rows(frame: pl.DataFrame, spec: TableSpec, vocabulary: Vocabulary) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series]:
+def check_rows(frame: pl.DataFrame, spec: TableSpec,
+               vocabulary: Vocabulary) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series]:
     """Type every contract column and apply rule 2, except the run-date rule
     (:func:`run_date_rules`), which is the only one that depends on the day.
 
@@ -225,7 +226,7 @@ def check_rows(frame: pl.DataFrame, spec: TableSpec, vocabulary: Vocabulary) -> 
     optionally ``_part`` (carried) and ``_blank_is_no_row`` (true where a row whose cells
     are all empty is a blank CSV line, not a row: it is dropped).
 
-    Returns ``(rows, side)``. ``rows``: the rows that pass, with their typed, normalised
+    Returns ``(rows, side, blank)``. ``rows``: the rows that pass, with their typed, normalised
     values only. ``side``: the rows that fail, with their ``reasons``, their raw values
     ``raw_<col>`` (trimmed; identifier-looking values masked, overlong ones shortened: this
     is what rejected_rows.csv and the ingest cache store) and their typed dates; and also,
