@@ -33,6 +33,10 @@ def build_weekly_report_asset(partitions_def: dg.WeeklyPartitionsDefinition) -> 
         description="The directors' weekly report for one ISO week, computed as of its Sunday: "
                     "reports/weekly/<week>/report.html, report.pdf, summary.csv and figures/.",
         kinds={"html", "pdf"},
+        # only the columns the report uses of the two large tables (see ProcessedTableIOManager)
+        ins={"sessions": dg.AssetIn(metadata={"columns": ["session_id", "episode_id", "session_date"]}),
+             "pain_scores": dg.AssetIn(metadata={"columns": ["episode_id", "session_id", "timepoint", "score",
+                                                             "recorded_on"]})},
     )
     def weekly_report(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings,
                       run_guard: RunGuard,
