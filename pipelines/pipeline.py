@@ -16,6 +16,7 @@ A run is safe to kill at any moment (docs/reliability.md):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -143,8 +144,6 @@ def run_pipeline(raw_dir: str | Path = "data/raw", processed_dir: str | Path = "
 def _run_locked(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: str, today: str,
                 settings: Settings, vocabulary_file: Path | None, progress: bool,
                 instance: dg.DagsterInstance | None) -> RunOutcome:
-    from pipelines.definitions import make_definitions
-
     config = run_config(raw_dir, processed_dir, reports_dir, as_of, today, settings, vocabulary_file, progress)
     if instance is None:
         instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
@@ -155,10 +154,8 @@ def _run_locked(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: st
         staged_config = run_config(raw_dir, staging, reports_dir, as_of, today, settings, vocabulary_file, progress)
         staged_config["resources"]["paths"]["config"]["processed_dir"] = str(processed_dir)
         staged_config["resources"]["run_guard"]["config"]["processed_dir"] = str(processed_dir)
-        defs = make_definitions(settings)
         _announce(progress, "outcomes_job: ingest and outcome tables")
-        result = defs.resolve_job_def("outcomes_job").execute_in_process(
-            run_config=staged_config, instance=instance, raise_on_error=False)
+        result = _execute("outcomes_job", settings, None, staged_config, instance)
         outcome = RunOutcome(success=result.success, run_id=result.run_id, processed_dir=processed_dir,
                              reports_dir=reports_dir, failure=_failure(result), as_of=_as_of(result),
                              interrupted=_interrupted(result))
@@ -174,11 +171,9 @@ def _run_locked(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: st
     # 2. the report for the ISO week of the as-of date (a weekly partition), as of its Sunday
     as_of_day = date.fromisoformat(outcome.as_of)
     start = min(first_week(processed_dir), monday_of(as_of_day))
-    defs = make_definitions(settings, start=start)
     _announce(progress, f"weekly_report_job: report for {week_label(as_of_day)}")
-    report = defs.resolve_job_def("weekly_report_job").execute_in_process(
-        run_config=config, instance=instance, raise_on_error=False,
-        partition_key=monday_of(as_of_day).isoformat(), asset_selection=[dg.AssetKey("weekly_report")])
+    report = _execute("weekly_report_job", settings, start, config, instance,
+                      partition_key=monday_of(as_of_day).isoformat(), asset_selection=[dg.AssetKey("weekly_report")])
     outcome.report_run_id = report.run_id
     if report.success:
         outcome.report_paths = [reports_dir / "weekly" / week_label(as_of_day) / "report.html"]
@@ -187,6 +182,33 @@ def _run_locked(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: st
         outcome.failure = _failure(report)
         outcome.interrupted = _interrupted(report)
     return outcome
+
+
+def job_for_run(job_name: str, settings: dict, start: str | None) -> dg.JobDefinition:
+    """The named job of :func:`pipelines.definitions.make_definitions` for these settings and first week
+    (module-level, so that :func:`_execute` can hand Dagster a reconstructable job)."""
+    from pipelines.definitions import make_definitions
+
+    defs = make_definitions(Settings(**settings), start=date.fromisoformat(start) if start else None)
+    return defs.resolve_job_def(job_name)
+
+
+def _execute(job_name: str, settings: Settings, start: date | None, config: dict, instance: dg.DagsterInstance,
+             partition_key: str | None = None, asset_selection: list[dg.AssetKey] | None = None):
+    """Run a job in this process with ``dg.execute_job`` (the job's in-process executor).
+
+    Not ``JobDefinition.execute_in_process``: that test API keeps every step's output in
+    memory until the run ends (to offer ``output_for_node``), which at a million episodes is
+    every accepted table and outcome table at once. Here outputs live only in the processed
+    tables the I/O manager writes, and a step's frames are freed when it ends.
+    """
+    job = dg.build_reconstructable_job(
+        "pipelines.pipeline", "job_for_run",
+        reconstructable_kwargs={"job_name": job_name, "settings": dataclasses.asdict(settings),
+                                "start": start.isoformat() if start else None})
+    tags = {"dagster/partition": partition_key} if partition_key else None
+    return dg.execute_job(job, instance=instance, run_config=config, tags=tags, raise_on_error=False,
+                          asset_selection=asset_selection)
 
 
 def _announce(progress: bool, text: str) -> None:
