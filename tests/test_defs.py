@@ -81,3 +81,22 @@ def test_reference_checks_fail_on_orphans_with_projected_inputs():
     assert not result.passed
     assert result.metadata["scores_without_episode"].value == 1
     assert result.metadata["prepost_without_own_session"].value == 1
+
+
+def test_pain_scores_key_check_counts_every_row_of_a_duplicated_key():
+    import datetime as dt
+
+    import polars as pl
+
+    from pipelines.defs.ingest.checks import pain_scores_key_unique
+
+    day = dt.date(2026, 1, 1)
+    scores = pl.DataFrame({
+        "episode_id": ["E1", "E1", "E1", "E2", "E2", "E2"], "session_id": ["S1", "S1", "S2", None, None, None],
+        "timepoint": ["pre", "pre", "pre", "followup", "followup", "followup"], "score": [1.0] * 6,
+        "recorded_on": [None, None, None, day, day, dt.date(2026, 1, 2)]})
+    result = pain_scores_key_unique(pain_scores=scores)
+    assert not result.passed
+    assert result.metadata["duplicate_prepost_keys"].value == 2
+    assert result.metadata["duplicate_followup_keys"].value == 2
+    assert pain_scores_key_unique(pain_scores=scores.slice(2, 2)).passed

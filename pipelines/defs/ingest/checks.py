@@ -45,8 +45,13 @@ def sessions_key_unique(sessions: pl.DataFrame) -> dg.AssetCheckResult:
                 description="(session_id, timepoint) unique for pre/post; (episode_id, recorded_on) for follow-ups.")
 def pain_scores_key_unique(pain_scores: pl.DataFrame) -> dg.AssetCheckResult:
     followup = pl.col("timepoint") == "followup"
-    prepost = pain_scores.filter(~followup).select("session_id", "timepoint").is_duplicated().sum()
-    follow = pain_scores.filter(followup).select("episode_id", "recorded_on").is_duplicated().sum()
+
+    def duplicated(rows: pl.Expr, key: list[str]) -> int:  # rows sharing their key with another row
+        return (pain_scores.lazy().filter(rows).group_by(key).len().filter(pl.col("len") > 1)
+                .select(pl.col("len").sum()).collect().item() or 0)
+
+    prepost = duplicated(~followup, ["session_id", "timepoint"])
+    follow = duplicated(followup, ["episode_id", "recorded_on"])
     return dg.AssetCheckResult(passed=prepost + follow == 0,
                                metadata={"duplicate_prepost_keys": int(prepost), "duplicate_followup_keys": int(follow)})
 
@@ -69,9 +74,13 @@ def sessions_reference_episodes(sessions: pl.DataFrame, episodes: pl.DataFrame) 
                 description="Every accepted score names an accepted episode; pre/post an accepted session of it.")
 def pain_scores_reference_sessions(pain_scores: pl.DataFrame, sessions: pl.DataFrame,
                                    episodes: pl.DataFrame) -> dg.AssetCheckResult:
-    orphans = pain_scores.join(episodes, on="episode_id", how="anti").height
-    prepost = pain_scores.filter(pl.col("timepoint") != "followup")
-    joined = prepost.join(sessions.select("session_id", pl.col("episode_id").alias("_ep")), on="session_id", how="left")
-    wrong = joined.filter(pl.col("_ep").is_null() | (pl.col("_ep") != pl.col("episode_id"))).height
+    scores = pain_scores.lazy()
+    orphans = (scores.select("episode_id").join(episodes.lazy().select("episode_id"), on="episode_id", how="anti")
+               .select(pl.len()).collect().item())
+    # a pre/post score whose (session_id, episode_id) is no accepted session's: a missing session,
+    # or a session of another episode (session_id is unique among sessions: checked above)
+    wrong = (scores.filter(pl.col("timepoint") != "followup").select("session_id", "episode_id")
+             .join(sessions.lazy().select("session_id", "episode_id"), on=["session_id", "episode_id"], how="anti")
+             .select(pl.len()).collect().item())
     return dg.AssetCheckResult(passed=orphans == 0 and wrong == 0,
                                metadata={"scores_without_episode": orphans, "prepost_without_own_session": wrong})
