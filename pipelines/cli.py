@@ -11,7 +11,6 @@ Exit status of `run`: 0 done; 1 no report could be made; 2 bad arguments or fold
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import signal
 import sys

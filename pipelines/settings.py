@@ -8,7 +8,7 @@ Dagster run config of the ``analysis_settings`` resource.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from zoneinfo import ZoneInfo
 

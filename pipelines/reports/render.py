@@ -18,7 +18,6 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import polars as pl
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from pipelines.reports.charts import figure_to_png_bytes
