@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 import polars as pl
 
 from pipelines.ingest.core import AUDIT_SCHEMA, REJECTED_SCHEMA
-from pipelines.outcomes.metrics import (episode_outcomes, episodes_as_of, latest_record_date,
-                                        numbered_sessions, session_relief, session_scores)
+from pipelines.outcomes.metrics import (episode_outcomes, episodes_as_of, latest_record_date, scored_sessions,
+                                        session_relief)
 from pipelines.outcomes.summary import ALL, SUMMARY_SCHEMA, condition_summary_from, summarise
 from pipelines.outcomes.tables import km_curves, pain_trajectories
 from pipelines.settings import Settings
@@ -427,9 +427,8 @@ def cohort_km_curves(tables: Tables, as_of: date | str | None = None, settings: 
 def cohort_trajectories(tables: Tables, as_of: date | str | None = None) -> Frame:
     """Mean pre-session pain by session number per condition and ALL (as pain_trajectories.parquet)."""
     source, as_of = _polars(tables), resolve_as_of(tables, as_of)
-    eps = episodes_as_of(source.episodes, as_of)
-    scored = session_scores(numbered_sessions(eps, source.sessions, as_of), source.pain_scores)
-    return _like(tables, pain_trajectories(scored, eps))
+    scored = scored_sessions(source.episodes, source.sessions, source.pain_scores, as_of)
+    return _like(tables, pain_trajectories(scored, episodes_as_of(source.episodes, as_of)))
 
 
 # --------------------------------------------------------------------------------------

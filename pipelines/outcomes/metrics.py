@@ -62,18 +62,19 @@ def session_scores(numbered: pl.DataFrame, pain_scores: pl.DataFrame) -> pl.Data
     return out.collect()
 
 
-def outcome_observations(numbered: pl.DataFrame, scored: pl.DataFrame, pain_scores: pl.DataFrame,
-                         episodes: pl.DataFrame, as_of: date) -> pl.DataFrame:
+def outcome_observations(scored: pl.DataFrame, pain_scores: pl.DataFrame, episodes: pl.DataFrame,
+                         as_of: date) -> pl.DataFrame:
     """Ratings taken after at least one treatment: (episode_id, date, t, score).
 
-    ``pre`` of session k >= 2 gives t = k - 1 on the session's date; a follow-up gives
-    t = the number of sessions dated on or before its recorded_on, and is dropped at t = 0.
+    ``scored`` is the output of :func:`scored_sessions`. ``pre`` of session k >= 2 gives
+    t = k - 1 on the session's date; a follow-up gives t = the number of sessions dated on
+    or before its recorded_on, and is dropped at t = 0.
     """
-    return _observations(numbered.lazy(), scored.lazy(), pain_scores.lazy(), episodes.lazy(), as_of).collect()
+    return _observations(scored.lazy(), pain_scores.lazy(), episodes.lazy(), as_of).collect()
 
 
-def _observations(numbered: pl.LazyFrame, scored: pl.LazyFrame, pain_scores: pl.LazyFrame,
-                  episodes: pl.LazyFrame, as_of: date) -> pl.LazyFrame:
+def _observations(scored: pl.LazyFrame, pain_scores: pl.LazyFrame, episodes: pl.LazyFrame,
+                  as_of: date) -> pl.LazyFrame:
     from_pre = scored.filter((pl.col("k") >= 2) & pl.col("pre").is_not_null()).select(
         "episode_id", pl.col("session_date").alias("date"), (pl.col("k") - 1).alias("t"),
         pl.col("pre").alias("score"))
@@ -84,7 +85,7 @@ def _observations(numbered: pl.LazyFrame, scored: pl.LazyFrame, pain_scores: pl.
         .sort("date")
     )
     # sessions on or before each date = the largest k among sessions dated on or before it
-    last_k_by_date = (numbered.group_by("episode_id", "session_date").agg(pl.col("k").max())
+    last_k_by_date = (scored.group_by("episode_id", "session_date").agg(pl.col("k").max())
                       .sort("session_date"))
     followups = followups.join_asof(last_k_by_date, left_on="date", right_on="session_date",
                                     by="episode_id", strategy="backward",
@@ -121,7 +122,7 @@ def episode_outcomes_from(episodes: pl.DataFrame, scored: pl.DataFrame, pain_sco
     settings = settings or Settings()
     eps = episodes_as_of(episodes, as_of).lazy()
     scored = scored.lazy()
-    obs = _observations(scored, scored, pain_scores.lazy(), eps, as_of)
+    obs = _observations(scored, pain_scores.lazy(), eps, as_of)
 
     attended = scored.group_by("episode_id").agg(pl.len().cast(pl.Int64).alias("sessions_attended"))
     baseline = scored.filter(pl.col("k") == 1).select("episode_id", pl.col("pre").alias("baseline_pain"))

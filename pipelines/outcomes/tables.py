@@ -20,7 +20,7 @@ KM_SCHEMA = {"condition": pl.String, "t": pl.Float64, "survival": pl.Float64, "c
 def pain_trajectories(scored_sessions: pl.DataFrame, episodes: pl.DataFrame) -> pl.DataFrame:
     """Mean ``pre`` score by session number k per condition (and ALL), with n and a 95% t interval.
 
-    ``scored_sessions`` comes from :func:`pipelines.outcomes.metrics.session_scores`.
+    ``scored_sessions`` comes from :func:`pipelines.outcomes.metrics.scored_sessions`.
     The interval is empty for n < 2 and equals the mean when the sd is 0.
     """
     pre = (scored_sessions.filter(pl.col("pre").is_not_null())

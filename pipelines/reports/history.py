@@ -100,7 +100,7 @@ def weekly_cohorts(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: 
     active = touched_between(scored, pain_scores, first_day - timedelta(days=1), as_of)
     scored = scored.join(active, on="episode_id", how="semi")
     episodes_d = episodes.filter(pl.col("referral_date") <= as_of).join(active, on="episode_id", how="semi")
-    observations = outcome_observations(scored, scored, pain_scores, episodes_d, as_of)
+    observations = outcome_observations(scored, pain_scores, episodes_d, as_of)
     baseline = scored.filter(pl.col("k") == 1).select("episode_id", pl.col("pre").alias("baseline_pain"))
     # observations are sorted by (episode_id, date, t): the last one of a week is the final score as of its Sunday
     finals = (observations.filter(pl.col("date") >= first_day).with_columns(week_index("date"))
