@@ -94,14 +94,15 @@ def remove_stale_temp_files(folder: str | Path, recursive: bool = True) -> list[
     return removed
 
 
-def write_table(frame: pl.DataFrame, target: str | Path) -> Path:
-    """Write a frame as Parquet or CSV (by suffix), atomically."""
+def write_table(frame: pl.DataFrame, target: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write a frame as Parquet or CSV (by suffix), atomically. ``metadata``: key-value pairs
+    stored in a Parquet file's footer (ignored for CSV)."""
     target = Path(target)
     with atomic_path(target) as tmp:
         if target.suffix == ".csv":
             frame.write_csv(tmp)
         else:
-            frame.write_parquet(tmp)
+            frame.write_parquet(tmp, metadata=metadata or None)
     return target
 
 

@@ -12,6 +12,7 @@ import polars as pl
 
 from pipelines.ingest.core import AUDIT_SCHEMA, REJECTED_SCHEMA
 from pipelines.io import read_table, write_table
+from pipelines.outcomes.lineage import STAMP_KEY
 from pipelines.outcomes.summary import SUMMARY_SCHEMA
 from pipelines.outcomes.metrics import latest_record_date
 from pipelines.settings import Settings
@@ -122,7 +123,11 @@ class ProcessedTableIOManager(dg.ConfigurableIOManager):
         return Path(self.processed_dir) / name
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
-        path = write_table(obj, self._path(context))
+        # a step's "lineage" output metadata (pipelines.outcomes.lineage) goes into the Parquet footer
+        lineage = (context.output_metadata or {}).get("lineage")
+        if hasattr(lineage, "value"):
+            lineage = lineage.value
+        path = write_table(obj, self._path(context), {STAMP_KEY: lineage} if lineage else None)
         context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": obj.height})
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:

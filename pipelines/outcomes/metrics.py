@@ -189,3 +189,23 @@ def latest_record_date(sessions: pl.DataFrame, pain_scores: pl.DataFrame) -> dat
     ]
     candidates = [c for c in candidates if c is not None]
     return max(candidates) if candidates else None
+
+
+def same_records_as_of(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+                       first: date, second: date) -> bool:
+    """True when the same records count as of both dates (METRICS.md "As of a date"): no
+    episode referred, session held or follow-up recorded after the earlier date and on or
+    before the later one. A date enters every metric only through that filter, so then every
+    metric as of one date equals the metric as of the other (``pre``/``post`` scores follow
+    their session's date).
+
+    ``pain_scores`` needs ``timepoint`` and ``recorded_on``; the other two their date column.
+    """
+    low, high = min(first, second), max(first, second)
+    if low == high:
+        return True
+    between = pl.col("_d").is_between(low, high, closed="right")
+    dated = [episodes.select(pl.col("referral_date").alias("_d")),
+             sessions.select(pl.col("session_date").alias("_d")),
+             pain_scores.filter(pl.col("timepoint") == "followup").select(pl.col("recorded_on").alias("_d"))]
+    return not any(frame.select(between.any()).item() for frame in dated)

@@ -52,6 +52,11 @@ class ReportInputs:
     run_date: date | None = None
     code_version: str = ""
     vocabulary_fingerprint: str = ""
+    #: scored sessions and episode outcomes as of the week's Sunday when they were already
+    #: computed from these same tables (the outcomes job's, see pipelines.outcomes.lineage);
+    #: None: the report computes them
+    scored: pl.DataFrame | None = None
+    outcomes: pl.DataFrame | None = None
 
 
 @dataclass
@@ -266,8 +271,9 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
 
     # Computed once as of Sunday; the previous Sunday and the trend weeks are derived from these
     # (pipelines.reports.history), not recomputed from the accepted tables.
-    scored = scored_sessions(ep, se, ps, sunday)
-    outcomes = episode_outcomes_from(ep, scored, ps, sunday, settings)
+    scored = inputs.scored if inputs.scored is not None else scored_sessions(ep, se, ps, sunday)
+    outcomes = (inputs.outcomes if inputs.outcomes is not None
+                else episode_outcomes_from(ep, scored, ps, sunday, settings))
     relief = session_relief_from(ep, scored, sunday)
     summary = condition_summary_from(outcomes, relief, settings)
     previous = _pooled(outcomes_before(ep, scored, ps, outcomes, sunday, previous_sunday, settings),

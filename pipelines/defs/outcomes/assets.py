@@ -4,6 +4,7 @@ import dagster as dg
 import polars as pl
 
 from pipelines.defs.resources import AnalysisSettings, PipelineConfig
+from pipelines.outcomes.lineage import Lineage, code_version, inputs_digest
 from pipelines.outcomes.metrics import episode_outcomes_from, episodes_as_of, scored_sessions as compute_scored
 from pipelines.outcomes.metrics import session_relief_from
 from pipelines.outcomes.summary import clinic_condition_summary as compute_clinic_summary
@@ -23,6 +24,20 @@ def _columns(**tables: list[str]) -> dict[str, dg.AssetIn]:
     return {name: dg.AssetIn(metadata={"columns": columns}) for name, columns in tables.items()}
 
 
+def accepted_digest(paths: PipelineConfig, audit: pl.DataFrame, episodes: pl.DataFrame, sessions: pl.DataFrame,
+                    pain_scores: pl.DataFrame) -> str:
+    """Names the accepted tables a step read (pipelines.outcomes.lineage.inputs_digest)."""
+    return inputs_digest(audit, paths.vocabulary().fingerprint(),
+                         {"episodes": episodes.height, "sessions": sessions.height, "pain_scores": pain_scores.height})
+
+
+def _stamp(context: dg.AssetExecutionContext, inputs: str, as_of, settings: dict | None = None) -> None:
+    """Record what the table was computed from; the I/O manager stores it in the Parquet footer,
+    and the weekly report reuses the table only when its own inputs match."""
+    lineage = Lineage(inputs=inputs, as_of=as_of.isoformat(), code=code_version(), settings=settings)
+    context.add_output_metadata({"lineage": lineage.to_json()})
+
+
 def _md(frame: pl.DataFrame, rows: int = 20) -> dg.MetadataValue:
     return dg.MetadataValue.md(frame.head(rows).to_pandas().to_markdown(index=False, floatfmt=".3g"))
 
@@ -31,9 +46,11 @@ def _md(frame: pl.DataFrame, rows: int = 20) -> dg.MetadataValue:
           ins=_columns(sessions=["session_id", "episode_id", "session_date"], pain_scores=_SCORES),
           description="Sessions on or before the as-of date, numbered k = 1..n per episode, with their pre and "
                       "post scores: the step every session-level metric starts from, computed once.")
-def scored_sessions(paths: PipelineConfig, analysis_settings: AnalysisSettings, episodes: pl.DataFrame,
-                    sessions: pl.DataFrame, pain_scores: pl.DataFrame) -> pl.DataFrame:
+def scored_sessions(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings,
+                    episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+                    ingest_audit: pl.DataFrame) -> pl.DataFrame:
     as_of = paths.resolve_as_of(sessions, pain_scores, analysis_settings.timezone)
+    _stamp(context, accepted_digest(paths, ingest_audit, episodes, sessions, pain_scores), as_of)
     return compute_scored(episodes, sessions, pain_scores, as_of)
 
 
@@ -43,10 +60,11 @@ def scored_sessions(paths: PipelineConfig, analysis_settings: AnalysisSettings, 
                       "final, change, responders, sessions to response, exclusion reason (METRICS.md).")
 def episode_outcomes(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings,
                      episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
-                     scored_sessions: pl.DataFrame) -> pl.DataFrame:
+                     scored_sessions: pl.DataFrame, ingest_audit: pl.DataFrame) -> pl.DataFrame:
     settings = analysis_settings.to_settings()
     as_of = paths.resolve_as_of(sessions, pain_scores, settings.timezone)
     outcomes = episode_outcomes_from(episodes, scored_sessions, pain_scores, as_of, settings)
+    _stamp(context, accepted_digest(paths, ingest_audit, episodes, sessions, pain_scores), as_of, settings.as_dict())
     reasons = outcomes.group_by("exclusion_reason").len().sort("exclusion_reason")
     context.add_output_metadata({
         "as_of": as_of.isoformat(),

@@ -1,28 +1,47 @@
 """The weekly directors' report as a weekly-partitioned asset."""
 
-import subprocess
-from datetime import date
+import json
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
-import pipelines
+from pipelines.defs.outcomes.assets import accepted_digest
 from pipelines.defs.resources import AnalysisSettings, PipelineConfig, RunGuard
+from pipelines.outcomes.lineage import code_version, read_lineage
+from pipelines.outcomes.metrics import same_records_as_of
 from pipelines.reports.render import write_report
 from pipelines.reports.weekly import ReportInputs, build_report, week_label
+from pipelines.settings import Settings
 
 REPORT_FILES = ("report.html", "report.pdf", "summary.csv")
 
 
-def code_version() -> str:
-    """Package version and, when run from a git checkout, the commit."""
+def stored_outcomes(processed_dir: Path, inputs: str, settings: Settings, sunday: date, episodes: pl.DataFrame,
+                    sessions: pl.DataFrame, pain_scores: pl.DataFrame
+                    ) -> tuple[pl.DataFrame | None, pl.DataFrame | None, str]:
+    """The outcomes job's scored sessions and episode outcomes, when they equal what the report
+    would compute as of ``sunday`` from these tables (pipelines.outcomes.lineage); else Nones.
+    Also says why, for the run's log and metadata."""
+    code = code_version()
+    wanted = {"scored_sessions.parquet": None, "episode_outcomes.parquet": json.loads(json.dumps(settings.as_dict()))}
+    for name, wanted_settings in wanted.items():
+        stamp = read_lineage(processed_dir / name)
+        if stamp is None:
+            return None, None, f"recomputed: {name} is missing or has no lineage"
+        if stamp.inputs != inputs or stamp.code != code:
+            return None, None, f"recomputed: {name} was computed from other accepted tables or code"
+        if stamp.settings != wanted_settings:
+            return None, None, f"recomputed: {name} was computed with other settings"
+        if not same_records_as_of(episodes, sessions, pain_scores, stamp.as_of_date(), sunday):
+            return None, None, f"recomputed: {name} is as of {stamp.as_of}, and records differ as of {sunday}"
     try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                                timeout=5, cwd=Path(pipelines.__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"pipelines {pipelines.__version__}" + (f" (git {commit})" if commit else "")
+        scored = pl.read_parquet(processed_dir / "scored_sessions.parquet")
+        outcomes = pl.read_parquet(processed_dir / "episode_outcomes.parquet")
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        return None, None, f"recomputed: could not read the stored tables ({type(exc).__name__})"
+    return scored, outcomes, "reused the outcomes job's scored sessions and episode outcomes (same records)"
 
 
 def build_weekly_report_asset(partitions_def: dg.WeeklyPartitionsDefinition) -> dg.AssetsDefinition:
@@ -33,6 +52,9 @@ def build_weekly_report_asset(partitions_def: dg.WeeklyPartitionsDefinition) -> 
         description="The directors' weekly report for one ISO week, computed as of its Sunday: "
                     "reports/weekly/<week>/report.html, report.pdf, summary.csv and figures/.",
         kinds={"html", "pdf"},
+        # read directly (not as inputs) and only when their lineage shows they are the same
+        # computation as of the week's Sunday; see stored_outcomes
+        deps=["scored_sessions", "episode_outcomes"],
         # only the columns the report uses of the two large tables (see ProcessedTableIOManager)
         ins={"sessions": dg.AssetIn(metadata={"columns": ["session_id", "episode_id", "session_date"]}),
              "pain_scores": dg.AssetIn(metadata={"columns": ["episode_id", "session_id", "timepoint", "score",
@@ -45,10 +67,15 @@ def build_weekly_report_asset(partitions_def: dg.WeeklyPartitionsDefinition) -> 
         settings = analysis_settings.to_settings()
         week = week_label(date.fromisoformat(context.partition_key))
         vocabulary = paths.vocabulary()
+        sunday = date.fromisoformat(context.partition_key) + timedelta(days=6)
+        scored, outcomes, reuse = stored_outcomes(
+            Path(paths.processed_dir), accepted_digest(paths, ingest_audit, episodes, sessions, pain_scores),
+            settings, sunday, episodes, sessions, pain_scores)
+        context.log.info(f"report for {week}: {reuse}")
         inputs = ReportInputs(episodes=episodes, sessions=sessions, pain_scores=pain_scores, audit=ingest_audit,
                               rejected=rejected_rows, settings=settings, labels=vocabulary.labels,
                               run_date=paths.run_date(settings.timezone), code_version=code_version(),
-                              vocabulary_fingerprint=vocabulary.fingerprint())
+                              vocabulary_fingerprint=vocabulary.fingerprint(), scored=scored, outcomes=outcomes)
         content = build_report(inputs, week)
         folder = write_report(content, Path(paths.reports_dir) / "weekly")
         context.log.info(f"report for {week} written to {folder}")
@@ -59,6 +86,7 @@ def build_weekly_report_asset(partitions_def: dg.WeeklyPartitionsDefinition) -> 
             "headline": dg.MetadataValue.md("\n".join(
                 f"- {r['label']}: {r['value']} {r['interval']}" for r in content.headline_to_date)),
             "input_fingerprint": content.provenance["Input fingerprint"],
+            "outcomes": reuse,
         })
 
     return weekly_report

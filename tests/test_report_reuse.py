@@ -1,0 +1,224 @@
+"""The weekly report reuses the outcomes job's scored sessions and episode outcomes only
+when they equal what it would compute itself (pipelines.outcomes.lineage).
+
+Equal means: the same accepted tables (ingest audit, vocabulary, row counts), the same code,
+the same settings, and the same records as of the outcomes' as-of date and the week's
+Sunday. Each clause has a test that breaks it and sees the report recompute; the reused
+report is compared with a recomputed one, table for table.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date, timedelta
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from pipelines.defs.outcomes.assets import accepted_digest
+from pipelines.defs.reports import assets as report_assets
+from pipelines.defs.reports.assets import stored_outcomes
+from pipelines.defs.resources import CSV_SCHEMAS, PipelineConfig
+from pipelines.outcomes.lineage import STAMP_KEY, Lineage, read_lineage
+from pipelines.outcomes.metrics import episode_outcomes_from, same_records_as_of, scored_sessions
+from pipelines.reports.weekly import ReportInputs, build_report
+from pipelines.settings import Settings
+from pipelines.vocabulary import Vocabulary
+from report_helpers import SUNDAY, WEEK, main_report  # noqa: F401  (fixture)
+
+
+# --------------------------------------------------------------------------------------
+# same_records_as_of, by hand
+# --------------------------------------------------------------------------------------
+
+D = date(2026, 3, 1)
+
+
+def _tables(referral=D, session=D, followup=None, pre_recorded=D):
+    episodes = pl.DataFrame({"episode_id": ["E1"], "referral_date": [referral]})
+    sessions = pl.DataFrame({"session_id": ["S1"], "episode_id": ["E1"], "session_date": [session]})
+    scores = [("pre", pre_recorded)] + ([("followup", followup)] if followup else [])
+    pain_scores = pl.DataFrame({"timepoint": [t for t, _ in scores], "recorded_on": [r for _, r in scores]})
+    return episodes, sessions, pain_scores
+
+
+@pytest.mark.parametrize("tables, first, second, same", [
+    # nothing dated after the earlier date
+    (_tables(), D, D + timedelta(days=6), True),
+    (_tables(), D + timedelta(days=6), D, True),          # order of the dates does not matter
+    (_tables(), D, D, True),
+    # an episode referred, a session held or a follow-up recorded in (earlier, later]
+    (_tables(referral=D + timedelta(days=3)), D, D + timedelta(days=6), False),
+    (_tables(session=D + timedelta(days=6)), D, D + timedelta(days=6), False),
+    (_tables(followup=D + timedelta(days=1)), D, D + timedelta(days=6), False),
+    # on the earlier date itself counts as of both; after the later date as of neither
+    (_tables(session=D, followup=D), D, D + timedelta(days=6), True),
+    (_tables(session=D + timedelta(days=7), referral=D + timedelta(days=9)), D, D + timedelta(days=6), True),
+    # a pre score is dated by its session, not by recorded_on
+    (_tables(pre_recorded=D + timedelta(days=2)), D, D + timedelta(days=6), True),
+])
+def test_same_records_as_of(tables, first, second, same):
+    assert same_records_as_of(*tables, first, second) is same
+
+
+def test_metrics_equal_when_same_records_as_of(main_report):  # noqa: F811
+    """The premise of reuse, checked on data: as of the latest record and as of a later
+    date with no record between, the scored sessions and outcomes are identical."""
+    ep, se, ps = (pl.read_parquet(main_report.processed_dir / f"{t}.parquet")
+                  for t in ("episodes", "sessions", "pain_scores"))
+    latest = max(se["session_date"].max(), ps.filter(pl.col("timepoint") == "followup")["recorded_on"].max(),
+                 ep["referral_date"].max())
+    later = latest + timedelta(days=5)
+    assert same_records_as_of(ep, se, ps, latest, later)
+    scored_a, scored_b = scored_sessions(ep, se, ps, latest), scored_sessions(ep, se, ps, later)
+    assert scored_a.equals(scored_b)
+    assert episode_outcomes_from(ep, scored_a, ps, latest).equals(episode_outcomes_from(ep, scored_b, ps, later))
+    earlier = se["session_date"].max() - timedelta(days=1)  # the last session counts as of latest only
+    assert not same_records_as_of(ep, se, ps, earlier, latest)
+    assert not scored_sessions(ep, se, ps, earlier).equals(scored_a)
+
+
+# --------------------------------------------------------------------------------------
+# the stored tables of a real run
+# --------------------------------------------------------------------------------------
+
+def _accepted(processed):
+    ep, se, ps = (pl.read_parquet(processed / f"{t}.parquet") for t in ("episodes", "sessions", "pain_scores"))
+    audit = pl.read_csv(processed / "ingest_audit.csv", schema=CSV_SCHEMAS["ingest_audit.csv"])
+    rejected = pl.read_csv(processed / "rejected_rows.csv", schema=CSV_SCHEMAS["rejected_rows.csv"])
+    return ep, se, ps, audit, rejected
+
+
+def _digest(audit, ep, se, ps):
+    return accepted_digest(PipelineConfig(), audit, ep, se, ps)
+
+
+def test_run_stamps_both_tables(main_report):  # noqa: F811
+    ep, se, ps, audit, _ = _accepted(main_report.processed_dir)
+    scored = read_lineage(main_report.processed_dir / "scored_sessions.parquet")
+    outcomes = read_lineage(main_report.processed_dir / "episode_outcomes.parquet")
+    assert scored is not None and outcomes is not None
+    assert scored.inputs == outcomes.inputs == _digest(audit, ep, se, ps)
+    assert scored.as_of == outcomes.as_of == main_report.as_of
+    assert scored.settings is None
+    assert outcomes.settings == Settings().as_dict()
+    # tables that are not stamped have no lineage
+    assert read_lineage(main_report.processed_dir / "condition_summary.csv") is None
+
+
+def test_reused_report_equals_recomputed_report(main_report):  # noqa: F811
+    processed = main_report.processed_dir
+    ep, se, ps, audit, rejected = _accepted(processed)
+    settings = Settings()
+    scored, outcomes, reason = stored_outcomes(processed, _digest(audit, ep, se, ps), settings, SUNDAY, ep, se, ps)
+    assert scored is not None and outcomes is not None, reason
+    assert reason.startswith("reused")
+
+    def report(**reuse):
+        inputs = ReportInputs(episodes=ep, sessions=se, pain_scores=ps, audit=audit, rejected=rejected,
+                              settings=settings, labels=Vocabulary.load(None).labels, **reuse)
+        return build_report(inputs, WEEK)
+
+    reused, recomputed = report(scored=scored, outcomes=outcomes), report()
+    for name in ("conditions", "summary_csv", "clinics"):
+        assert getattr(reused, name).equals(getattr(recomputed, name)), name
+    assert reused.headline_week == recomputed.headline_week
+    assert reused.headline_to_date == recomputed.headline_to_date
+    assert [f.caption for f in reused.figures] == [f.caption for f in recomputed.figures]
+    assert reused.key_messages == recomputed.key_messages
+
+
+@pytest.fixture
+def stored(main_report, tmp_path):  # noqa: F811
+    """A writable copy of the run's processed folder, and its accepted tables."""
+    processed = tmp_path / "processed"
+    shutil.copytree(main_report.processed_dir, processed, ignore=shutil.ignore_patterns(".cache"))
+    ep, se, ps, audit, _ = _accepted(processed)
+    return processed, ep, se, ps, audit
+
+
+def _restamp(path, **changes):
+    stamp = read_lineage(path)
+    frame = pl.read_parquet(path)
+    fields = {"inputs": stamp.inputs, "as_of": stamp.as_of, "code": stamp.code, "settings": stamp.settings, **changes}
+    frame.write_parquet(path, metadata={STAMP_KEY: Lineage(**fields).to_json()})
+
+
+def _attempt(processed, ep, se, ps, audit, settings=None, sunday=SUNDAY):
+    return stored_outcomes(processed, _digest(audit, ep, se, ps), settings or Settings(), sunday, ep, se, ps)
+
+
+def test_reuses_an_untouched_copy(stored):
+    scored, outcomes, reason = _attempt(*stored)
+    assert scored is not None and outcomes is not None and reason.startswith("reused")
+
+
+def test_other_settings_recompute(stored):
+    scored, outcomes, reason = _attempt(*stored, settings=Settings(responder_30_threshold=25.0))
+    assert scored is None and outcomes is None
+    assert "other settings" in reason
+
+
+def test_other_accepted_tables_recompute(stored):
+    processed, ep, se, ps, audit = stored
+    # one session fewer (the heights), or one file's content hash different (the audit)
+    assert "other accepted tables" in _attempt(processed, ep, se.slice(1), ps, audit)[2]
+    changed = audit.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("0" * 64))
+                                 .otherwise(pl.col("sha256")).alias("sha256"))
+    assert _attempt(processed, ep, se, ps, changed)[0] is None
+
+
+def test_other_code_recomputes(stored, monkeypatch):
+    monkeypatch.setattr(report_assets, "code_version", lambda: "pipelines 9.9.9")
+    assert "other accepted tables or code" in _attempt(*stored)[2]
+
+
+def test_records_between_the_dates_recompute(stored):
+    processed, ep, se, ps, audit = stored
+    # stored as of the day before the last session: that session counts as of Sunday only
+    last_session = se["session_date"].max()
+    for name in ("scored_sessions.parquet", "episode_outcomes.parquet"):
+        _restamp(processed / name, as_of=(last_session - timedelta(days=1)).isoformat())
+    scored, _, reason = _attempt(processed, ep, se, ps, audit)
+    assert scored is None and "records differ" in reason
+    # a week whose Sunday is before the stored as-of, with records in between, too
+    _, _, reason = _attempt(processed, ep, se, ps, audit, sunday=SUNDAY - timedelta(days=7))
+    assert "records differ" in reason
+
+
+@pytest.mark.parametrize("damage", ["missing", "unstamped", "corrupt"])
+def test_missing_or_unstamped_tables_recompute(stored, damage):
+    processed = stored[0]
+    path = processed / "episode_outcomes.parquet"
+    if damage == "missing":
+        path.unlink()
+    elif damage == "unstamped":
+        pl.read_parquet(path).write_parquet(path)
+    else:
+        path.write_bytes(path.read_bytes()[:100])
+    scored, outcomes, reason = _attempt(*stored)
+    assert scored is None and outcomes is None
+    assert "missing or has no lineage" in reason
+
+
+def test_pipeline_as_of_midweek_recomputes_the_report(tmp_path):
+    """`outcomes run --as-of` on a Wednesday with sessions later that week: the outcome
+    tables are as of Wednesday, the report as of Sunday, so it must not reuse them."""
+    from pipelines.pipeline import run_pipeline
+    from pipelines.synth import generate
+
+    raw = tmp_path / "raw"
+    generate(300, 11, raw)  # last day: Sunday 2026-11-22
+    instance = dg.DagsterInstance.ephemeral()
+    outcome = run_pipeline(raw, tmp_path / "processed", tmp_path / "reports", as_of="2026-11-18",
+                           today="2026-11-27", instance=instance)
+    assert outcome.success, outcome.failure
+    events = instance.fetch_materializations(dg.AssetKey("weekly_report"), limit=1).records
+    said = events[0].asset_materialization.metadata["outcomes"].value
+    assert said.startswith("recomputed") and "records differ" in said
+    # and the default as-of (the latest record, within the same week): reused
+    outcome = run_pipeline(raw, tmp_path / "processed", tmp_path / "reports", today="2026-11-27", instance=instance)
+    assert outcome.success, outcome.failure
+    events = instance.fetch_materializations(dg.AssetKey("weekly_report"), limit=1).records
+    assert events[0].asset_materialization.metadata["outcomes"].value.startswith("reused")
