@@ -18,7 +18,7 @@ import pytest
 
 from pipelines.defs.outcomes.assets import accepted_digest
 from pipelines.defs.reports import assets as report_assets
-from pipelines.defs.reports.assets import stored_outcomes
+from pipelines.defs.reports.assets import REUSABLE, stored_outcomes
 from pipelines.defs.resources import CSV_SCHEMAS, PipelineConfig
 from pipelines.outcomes.lineage import STAMP_KEY, Lineage, read_lineage
 from pipelines.outcomes.metrics import episode_outcomes_from, same_records_as_of, scored_sessions
@@ -94,15 +94,14 @@ def _digest(audit, ep, se, ps):
     return accepted_digest(PipelineConfig(), audit, ep, se, ps)
 
 
-def test_run_stamps_both_tables(main_report):  # noqa: F811
+def test_run_stamps_the_reusable_tables(main_report):  # noqa: F811
     ep, se, ps, audit, _ = _accepted(main_report.processed_dir)
-    scored = read_lineage(main_report.processed_dir / "scored_sessions.parquet")
-    outcomes = read_lineage(main_report.processed_dir / "episode_outcomes.parquet")
-    assert scored is not None and outcomes is not None
-    assert scored.inputs == outcomes.inputs == _digest(audit, ep, se, ps)
-    assert scored.as_of == outcomes.as_of == main_report.as_of
-    assert scored.settings is None
-    assert outcomes.settings == Settings().as_dict()
+    for name, (filename, with_settings) in REUSABLE.items():
+        stamp = read_lineage(main_report.processed_dir / filename)
+        assert stamp is not None, name
+        assert stamp.inputs == _digest(audit, ep, se, ps)
+        assert stamp.as_of == main_report.as_of
+        assert stamp.settings == (Settings().as_dict() if with_settings else None)
     # tables that are not stamped have no lineage
     assert read_lineage(main_report.processed_dir / "condition_summary.csv") is None
 
@@ -111,22 +110,30 @@ def test_reused_report_equals_recomputed_report(main_report):  # noqa: F811
     processed = main_report.processed_dir
     ep, se, ps, audit, rejected = _accepted(processed)
     settings = Settings()
-    scored, outcomes, reason = stored_outcomes(processed, _digest(audit, ep, se, ps), settings, SUNDAY, ep, se, ps)
-    assert scored is not None and outcomes is not None, reason
-    assert reason.startswith("reused")
+    stored, said = stored_outcomes(processed, _digest(audit, ep, se, ps), settings, SUNDAY, ep, se, ps)
+    assert set(stored) == set(REUSABLE), said
+    assert "recomputed" not in said
 
     def report(**reuse):
         inputs = ReportInputs(episodes=ep, sessions=se, pain_scores=ps, audit=audit, rejected=rejected,
                               settings=settings, labels=Vocabulary.load(None).labels, **reuse)
         return build_report(inputs, WEEK)
 
-    reused, recomputed = report(scored=scored, outcomes=outcomes), report()
+    reused, recomputed = report(stored=stored), report()
     for name in ("conditions", "summary_csv", "clinics"):
         assert getattr(reused, name).equals(getattr(recomputed, name)), name
     assert reused.headline_week == recomputed.headline_week
     assert reused.headline_to_date == recomputed.headline_to_date
     assert [f.caption for f in reused.figures] == [f.caption for f in recomputed.figures]
     assert reused.key_messages == recomputed.key_messages
+
+    def plotted(figure):  # every line, bar and text drawn, in order (repr: nan equals nan)
+        return repr([(type(a).__name__, a.get_xydata().tolist() if hasattr(a, "get_xydata") else
+                 a.get_text() if hasattr(a, "get_text") else a.get_path().vertices.tolist())
+                for ax in figure.axes for a in (*ax.lines, *ax.patches, *ax.texts)])
+
+    for mine, theirs in zip(reused.figures, recomputed.figures):
+        assert plotted(mine.figure) == plotted(theirs.figure), mine.name
 
 
 @pytest.fixture
@@ -150,41 +157,45 @@ def _attempt(processed, ep, se, ps, audit, settings=None, sunday=SUNDAY):
 
 
 def test_reuses_an_untouched_copy(stored):
-    scored, outcomes, reason = _attempt(*stored)
-    assert scored is not None and outcomes is not None and reason.startswith("reused")
+    found, said = _attempt(*stored)
+    assert set(found) == set(REUSABLE) and "recomputed" not in said
+    for name, frame in found.items():
+        assert frame.equals(pl.read_parquet(stored[0] / REUSABLE[name][0]))
 
 
-def test_other_settings_recompute(stored):
-    scored, outcomes, reason = _attempt(*stored, settings=Settings(responder_30_threshold=25.0))
-    assert scored is None and outcomes is None
-    assert "other settings" in reason
+def test_other_settings_recompute_what_depends_on_them(stored):
+    found, said = _attempt(*stored, settings=Settings(responder_30_threshold=25.0))
+    assert set(found) == {name for name, (_, with_settings) in REUSABLE.items() if not with_settings}
+    assert "episode_outcomes.parquet was computed with other settings" in said
 
 
 def test_other_accepted_tables_recompute(stored):
     processed, ep, se, ps, audit = stored
     # one session fewer (the heights), or one file's content hash different (the audit)
-    assert "other accepted tables" in _attempt(processed, ep, se.slice(1), ps, audit)[2]
+    found, said = _attempt(processed, ep, se.slice(1), ps, audit)
+    assert found == {} and "other accepted tables" in said
     changed = audit.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("0" * 64))
                                  .otherwise(pl.col("sha256")).alias("sha256"))
-    assert _attempt(processed, ep, se, ps, changed)[0] is None
+    assert _attempt(processed, ep, se, ps, changed)[0] == {}
 
 
 def test_other_code_recomputes(stored, monkeypatch):
     monkeypatch.setattr(report_assets, "code_version", lambda: "pipelines 9.9.9")
-    assert "other accepted tables or code" in _attempt(*stored)[2]
+    found, said = _attempt(*stored)
+    assert found == {} and "other accepted tables or code" in said
 
 
 def test_records_between_the_dates_recompute(stored):
     processed, ep, se, ps, audit = stored
     # stored as of the day before the last session: that session counts as of Sunday only
     last_session = se["session_date"].max()
-    for name in ("scored_sessions.parquet", "episode_outcomes.parquet"):
-        _restamp(processed / name, as_of=(last_session - timedelta(days=1)).isoformat())
-    scored, _, reason = _attempt(processed, ep, se, ps, audit)
-    assert scored is None and "records differ" in reason
+    for filename, _ in REUSABLE.values():
+        _restamp(processed / filename, as_of=(last_session - timedelta(days=1)).isoformat())
+    found, said = _attempt(processed, ep, se, ps, audit)
+    assert found == {} and "records differ" in said
     # a week whose Sunday is before the stored as-of, with records in between, too
-    _, _, reason = _attempt(processed, ep, se, ps, audit, sunday=SUNDAY - timedelta(days=7))
-    assert "records differ" in reason
+    found, said = _attempt(processed, ep, se, ps, audit, sunday=SUNDAY - timedelta(days=7))
+    assert found == {} and "records differ" in said
 
 
 @pytest.mark.parametrize("damage", ["missing", "unstamped", "corrupt"])
@@ -197,9 +208,9 @@ def test_missing_or_unstamped_tables_recompute(stored, damage):
         pl.read_parquet(path).write_parquet(path)
     else:
         path.write_bytes(path.read_bytes()[:100])
-    scored, outcomes, reason = _attempt(*stored)
-    assert scored is None and outcomes is None
-    assert "missing or has no lineage" in reason
+    found, said = _attempt(*stored)
+    assert set(found) == set(REUSABLE) - {"episode_outcomes"}
+    assert "episode_outcomes.parquet is missing or has no lineage" in said
 
 
 def test_pipeline_as_of_midweek_recomputes_the_report(tmp_path):
@@ -216,9 +227,10 @@ def test_pipeline_as_of_midweek_recomputes_the_report(tmp_path):
     assert outcome.success, outcome.failure
     events = instance.fetch_materializations(dg.AssetKey("weekly_report"), limit=1).records
     said = events[0].asset_materialization.metadata["outcomes"].value
-    assert said.startswith("recomputed") and "records differ" in said
+    assert said.startswith("reused nothing") and "records differ" in said
     # and the default as-of (the latest record, within the same week): reused
     outcome = run_pipeline(raw, tmp_path / "processed", tmp_path / "reports", today="2026-11-27", instance=instance)
     assert outcome.success, outcome.failure
     events = instance.fetch_materializations(dg.AssetKey("weekly_report"), limit=1).records
-    assert events[0].asset_materialization.metadata["outcomes"].value.startswith("reused")
+    said = events[0].asset_materialization.metadata["outcomes"].value
+    assert said.startswith("reused scored_sessions") and "recomputed" not in said

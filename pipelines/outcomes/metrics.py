@@ -37,12 +37,17 @@ def episodes_as_of(episodes: pl.DataFrame, as_of: date) -> pl.DataFrame:
 
 def numbered_sessions(episodes: pl.DataFrame, sessions: pl.DataFrame, as_of: date) -> pl.DataFrame:
     """Sessions dated on or before D, numbered k = 1..n per episode by (session_date, session_id)."""
+    # after the sort each episode's sessions are one run of rows: k = position - run start + 1
+    # (cheaper than a window over episode_id, which hashes every id again)
+    position = pl.int_range(pl.len(), dtype=pl.Int64)
+    run_start = pl.when(pl.col("episode_id").ne_missing(pl.col("episode_id").shift())
+                        | (position == 0)).then(position).forward_fill()
     return (
         sessions.lazy().filter(pl.col("session_date") <= as_of)
         .join(episodes.lazy().select("episode_id"), on="episode_id", how="semi")
         .select("session_id", "episode_id", "session_date")
         .sort("episode_id", "session_date", "session_id")
-        .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("episode_id").alias("k"))
+        .with_columns((position - run_start + 1).alias("k"))
         .collect()
     )
 

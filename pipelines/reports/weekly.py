@@ -52,11 +52,10 @@ class ReportInputs:
     run_date: date | None = None
     code_version: str = ""
     vocabulary_fingerprint: str = ""
-    #: scored sessions and episode outcomes as of the week's Sunday when they were already
-    #: computed from these same tables (the outcomes job's, see pipelines.outcomes.lineage);
-    #: None: the report computes them
-    scored: pl.DataFrame | None = None
-    outcomes: pl.DataFrame | None = None
+    #: outcome tables as of the week's Sunday that the outcomes job already computed from these
+    #: same tables (pipelines.outcomes.lineage), by asset name: scored_sessions, episode_outcomes,
+    #: session_relief_table, pain_trajectories. The report computes the ones not given.
+    stored: dict[str, pl.DataFrame] = field(default_factory=dict)
 
 
 @dataclass
@@ -271,10 +270,13 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
 
     # Computed once as of Sunday; the previous Sunday and the trend weeks are derived from these
     # (pipelines.reports.history), not recomputed from the accepted tables.
-    scored = inputs.scored if inputs.scored is not None else scored_sessions(ep, se, ps, sunday)
-    outcomes = (inputs.outcomes if inputs.outcomes is not None
-                else episode_outcomes_from(ep, scored, ps, sunday, settings))
-    relief = session_relief_from(ep, scored, sunday)
+    stored = inputs.stored
+    scored = stored.get("scored_sessions")
+    scored = scored if scored is not None else scored_sessions(ep, se, ps, sunday)
+    outcomes = stored.get("episode_outcomes")
+    outcomes = outcomes if outcomes is not None else episode_outcomes_from(ep, scored, ps, sunday, settings)
+    relief = stored.get("session_relief_table")
+    relief = relief if relief is not None else session_relief_from(ep, scored, sunday)
     summary = condition_summary_from(outcomes, relief, settings)
     previous = _pooled(outcomes_before(ep, scored, ps, outcomes, sunday, previous_sunday, settings),
                        relief_before(relief, ep, previous_sunday), settings) if ep.height else None
@@ -297,7 +299,8 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
     ]
     headline_to_date = _to_date_rows(pooled, previous, k)
 
-    trajectories = pain_trajectories(scored, episodes_as_of(ep, sunday))
+    trajectories = stored.get("pain_trajectories")
+    trajectories = trajectories if trajectories is not None else pain_trajectories(scored, episodes_as_of(ep, sunday))
     km = km_curves(outcomes).filter(pl.col("at_risk") >= k)  # no curve over fewer than k patients
     trend = _trend(inputs, sunday, scored)
     pooled_rate = pooled["responder_30_rate"] if pooled and pooled["n_analysed"] >= k else None

@@ -78,10 +78,12 @@ def episode_outcomes(context: dg.AssetExecutionContext, paths: PipelineConfig, a
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "session_relief.parquet"},
           ins=_columns(**_AS_OF),
           description="Within-session relief (pre - post) of every session with both scores, as of the as-of date.")
-def session_relief_table(paths: PipelineConfig, analysis_settings: AnalysisSettings, episodes: pl.DataFrame,
-                         sessions: pl.DataFrame, pain_scores: pl.DataFrame,
-                         scored_sessions: pl.DataFrame) -> pl.DataFrame:
+def session_relief_table(context: dg.AssetExecutionContext, paths: PipelineConfig,
+                         analysis_settings: AnalysisSettings, episodes: pl.DataFrame, sessions: pl.DataFrame,
+                         pain_scores: pl.DataFrame, scored_sessions: pl.DataFrame,
+                         ingest_audit: pl.DataFrame) -> pl.DataFrame:
     as_of = paths.resolve_as_of(sessions, pain_scores, analysis_settings.timezone)
+    _stamp(context, accepted_digest(paths, ingest_audit, episodes, sessions, pain_scores), as_of)
     return session_relief_from(episodes, scored_sessions, as_of)
 
 
@@ -106,10 +108,11 @@ def clinic_condition_summary(analysis_settings: AnalysisSettings, episode_outcom
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "pain_trajectories.parquet"},
           ins=_columns(**_AS_OF),
           description="Mean pre-session pain by session number per condition (and ALL), with n and 95% t interval.")
-def pain_trajectories(paths: PipelineConfig, analysis_settings: AnalysisSettings, episodes: pl.DataFrame,
-                      sessions: pl.DataFrame, pain_scores: pl.DataFrame,
-                      scored_sessions: pl.DataFrame) -> pl.DataFrame:
+def pain_trajectories(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings,
+                      episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+                      scored_sessions: pl.DataFrame, ingest_audit: pl.DataFrame) -> pl.DataFrame:
     as_of = paths.resolve_as_of(sessions, pain_scores, analysis_settings.timezone)
+    _stamp(context, accepted_digest(paths, ingest_audit, episodes, sessions, pain_scores), as_of)
     return compute_trajectories(scored_sessions, episodes_as_of(episodes, as_of))
 
 

@@ -18,30 +18,43 @@ from pipelines.settings import Settings
 REPORT_FILES = ("report.html", "report.pdf", "summary.csv")
 
 
+#: outcome tables the report can take from the outcomes job instead of computing them again:
+#: asset name -> (file name, whether the table depends on the analysis settings)
+REUSABLE = {
+    "scored_sessions": ("scored_sessions.parquet", False),
+    "episode_outcomes": ("episode_outcomes.parquet", True),
+    "session_relief_table": ("session_relief.parquet", False),
+    "pain_trajectories": ("pain_trajectories.parquet", False),
+}
+
+
 def stored_outcomes(processed_dir: Path, inputs: str, settings: Settings, sunday: date, episodes: pl.DataFrame,
-                    sessions: pl.DataFrame, pain_scores: pl.DataFrame
-                    ) -> tuple[pl.DataFrame | None, pl.DataFrame | None, str]:
-    """The outcomes job's scored sessions and episode outcomes, when they equal what the report
-    would compute as of ``sunday`` from these tables (pipelines.outcomes.lineage); else Nones.
-    Also says why, for the run's log and metadata."""
+                    sessions: pl.DataFrame, pain_scores: pl.DataFrame) -> tuple[dict[str, pl.DataFrame], str]:
+    """The outcomes job's tables (:data:`REUSABLE`) that equal what the report would compute as
+    of ``sunday`` from these accepted tables (pipelines.outcomes.lineage), by asset name; the
+    report computes the others. Also says what was reused or why not, for the log and metadata."""
     code = code_version()
-    wanted = {"scored_sessions.parquet": None, "episode_outcomes.parquet": json.loads(json.dumps(settings.as_dict()))}
-    for name, wanted_settings in wanted.items():
-        stamp = read_lineage(processed_dir / name)
+    settings_json = json.loads(json.dumps(settings.as_dict()))
+    same_records: dict[str, bool] = {}
+    found, refused = {}, []
+    for name, (filename, with_settings) in REUSABLE.items():
+        stamp = read_lineage(processed_dir / filename)
         if stamp is None:
-            return None, None, f"recomputed: {name} is missing or has no lineage"
-        if stamp.inputs != inputs or stamp.code != code:
-            return None, None, f"recomputed: {name} was computed from other accepted tables or code"
-        if stamp.settings != wanted_settings:
-            return None, None, f"recomputed: {name} was computed with other settings"
-        if not same_records_as_of(episodes, sessions, pain_scores, stamp.as_of_date(), sunday):
-            return None, None, f"recomputed: {name} is as of {stamp.as_of}, and records differ as of {sunday}"
-    try:
-        scored = pl.read_parquet(processed_dir / "scored_sessions.parquet")
-        outcomes = pl.read_parquet(processed_dir / "episode_outcomes.parquet")
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        return None, None, f"recomputed: could not read the stored tables ({type(exc).__name__})"
-    return scored, outcomes, "reused the outcomes job's scored sessions and episode outcomes (same records)"
+            refused.append(f"{filename} is missing or has no lineage")
+        elif stamp.inputs != inputs or stamp.code != code:
+            refused.append(f"{filename} was computed from other accepted tables or code")
+        elif stamp.settings != (settings_json if with_settings else None):
+            refused.append(f"{filename} was computed with other settings")
+        elif not same_records.setdefault(stamp.as_of, same_records_as_of(
+                episodes, sessions, pain_scores, stamp.as_of_date(), sunday)):
+            refused.append(f"{filename} is as of {stamp.as_of}, and records differ as of {sunday}")
+        else:
+            try:
+                found[name] = pl.read_parquet(processed_dir / filename)
+            except (OSError, pl.exceptions.PolarsError) as exc:
+                refused.append(f"could not read {filename} ({type(exc).__name__})")
+    said = f"reused {', '.join(found)} (same records)" if found else "reused nothing"
+    return found, said + (f"; recomputed: {'; '.join(refused)}" if refused else "")
 
 
 def build_weekly_report_asset(partitions_def: dg.WeeklyPartitionsDefinition) -> dg.AssetsDefinition:
@@ -54,7 +67,7 @@ def build_weekly_report_asset(partitions_def: dg.WeeklyPartitionsDefinition) -> 
         kinds={"html", "pdf"},
         # read directly (not as inputs) and only when their lineage shows they are the same
         # computation as of the week's Sunday; see stored_outcomes
-        deps=["scored_sessions", "episode_outcomes"],
+        deps=list(REUSABLE),
         # only the columns the report uses of the two large tables (see ProcessedTableIOManager)
         ins={"sessions": dg.AssetIn(metadata={"columns": ["session_id", "episode_id", "session_date"]}),
              "pain_scores": dg.AssetIn(metadata={"columns": ["episode_id", "session_id", "timepoint", "score",
@@ -68,14 +81,14 @@ def build_weekly_report_asset(partitions_def: dg.WeeklyPartitionsDefinition) -> 
         week = week_label(date.fromisoformat(context.partition_key))
         vocabulary = paths.vocabulary()
         sunday = date.fromisoformat(context.partition_key) + timedelta(days=6)
-        scored, outcomes, reuse = stored_outcomes(
+        stored, reuse = stored_outcomes(
             Path(paths.processed_dir), accepted_digest(paths, ingest_audit, episodes, sessions, pain_scores),
             settings, sunday, episodes, sessions, pain_scores)
         context.log.info(f"report for {week}: {reuse}")
         inputs = ReportInputs(episodes=episodes, sessions=sessions, pain_scores=pain_scores, audit=ingest_audit,
                               rejected=rejected_rows, settings=settings, labels=vocabulary.labels,
                               run_date=paths.run_date(settings.timezone), code_version=code_version(),
-                              vocabulary_fingerprint=vocabulary.fingerprint(), scored=scored, outcomes=outcomes)
+                              vocabulary_fingerprint=vocabulary.fingerprint(), stored=stored)
         content = build_report(inputs, week)
         folder = write_report(content, Path(paths.reports_dir) / "weekly")
         context.log.info(f"report for {week} written to {folder}")
