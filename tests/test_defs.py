@@ -100,3 +100,40 @@ def test_pain_scores_key_check_counts_every_row_of_a_duplicated_key():
     assert result.metadata["duplicate_prepost_keys"].value == 2
     assert result.metadata["duplicate_followup_keys"].value == 2
     assert pain_scores_key_unique(pain_scores=scores.slice(2, 2)).passed
+
+
+def test_key_and_reference_checks_share_one_step_and_still_block(tmp_path, monkeypatch):
+    """The five key and reference checks run in one step (each table read once); a failing
+    one still stops the outcome assets, and the run publishes no table."""
+    import polars as pl
+
+    from pipelines.defs.ingest import checks
+    from pipelines.pipeline import run_pipeline
+    from pipelines.synth import generate
+
+    step_checks = {spec.key.name for spec in checks.KEY_AND_REFERENCE_SPECS}
+    assert step_checks == {name for _, name in CHECKS} & {
+        "episodes_key_unique", "sessions_key_unique", "pain_scores_key_unique",
+        "sessions_reference_episodes", "pain_scores_reference_sessions"}
+    assert all(spec.blocking for spec in checks.KEY_AND_REFERENCE_SPECS)
+
+    raw = tmp_path / "raw"
+    generate(60, 3, raw)
+    real = checks.sessions_key_unique
+
+    def failing(sessions: pl.DataFrame) -> dg.AssetCheckResult:
+        result = real(sessions)
+        assert result.passed  # the real check passes on these data: the failure below is the stand-in
+        return dg.AssetCheckResult(asset_key="sessions", check_name="sessions_key_unique", passed=False,
+                                   metadata={"duplicate_keys": 1})
+
+    monkeypatch.setattr(checks, "sessions_key_unique", failing)
+    instance = dg.DagsterInstance.ephemeral()
+    outcome = run_pipeline(raw, tmp_path / "processed", tmp_path / "reports", today="2026-11-27", instance=instance)
+    assert not outcome.success and not outcome.tables_published
+    assert "sessions_key_unique" in outcome.failure, outcome.failure
+    assert not (tmp_path / "processed" / "episode_outcomes.parquet").exists()
+    assert not (tmp_path / "processed" / "sessions.parquet").exists()
+    materialized = {key.to_user_string() for key in instance.get_asset_keys()
+                    if instance.get_latest_materialization_event(key) is not None}
+    assert "sessions" in materialized and "scored_sessions" not in materialized

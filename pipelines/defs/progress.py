@@ -40,7 +40,9 @@ class _ProgressHandler(logging.Handler):
             self.stream.write(f"  FAIL  {step}: {message}\n")
         elif kind == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
-            self.check_steps[step] = evaluation.asset_check_key.name
+            # a step that evaluates several checks is named by all of them
+            name = evaluation.asset_check_key.name
+            self.check_steps[step] = f"{self.check_steps[step]}, {name}" if step in self.check_steps else name
             if not evaluation.passed:
                 self.stream.write(f"  CHECK FAILED  {evaluation.asset_check_key.name} on "
                                   f"{evaluation.asset_key.to_user_string()}\n")

@@ -130,6 +130,11 @@ class ProcessedTableIOManager(dg.ConfigurableIOManager):
         path = write_table(obj, self._path(context), {STAMP_KEY: lineage} if lineage else None)
         context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": obj.height})
 
+    def read(self, asset_name: str, columns: list[str] | None = None) -> pl.DataFrame:
+        """An asset's stored table by name (``<asset>.parquet``), only ``columns`` of it; for a
+        step that reads a table without it being an input (the key and reference checks)."""
+        return pl.read_parquet(Path(self.processed_dir) / f"{asset_name}.parquet", columns=columns)
+
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         path = self._path(context)
         columns = (context.definition_metadata or {}).get("columns")

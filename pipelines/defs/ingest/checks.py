@@ -1,10 +1,12 @@
 """Data-quality checks on the ingest outputs, visible in the Dagster UI.
 
-Extra inputs read only the columns a check uses (AssetIn metadata ``columns``)."""
+Inputs read only the columns a check uses (AssetIn metadata ``columns``)."""
 
 
 import dagster as dg
 import polars as pl
+
+from pipelines.defs.resources import ProcessedTableIOManager
 
 COUNTS = ["accepted", "duplicate", "superseded", "rejected"]
 
@@ -27,22 +29,54 @@ def audit_reconciles(ingest_audit: pl.DataFrame, rejected_rows: pl.DataFrame) ->
     })
 
 
-@dg.asset_check(asset="episodes", name="episodes_key_unique", blocking=True,
-                description="episode_id is unique among accepted episodes.")
+# The key and reference checks of the three accepted tables run as one step that reads each
+# table once, and only the columns the checks use: at a million episodes reading the whole
+# tables once per check cost more than the checks themselves. Each check is still its own
+# blocking check in Dagster, with its own result; the functions below are the checks.
+
+KEY_AND_REFERENCE_SPECS = [
+    dg.AssetCheckSpec("episodes_key_unique", asset="episodes", blocking=True,
+                      description="episode_id is unique among accepted episodes."),
+    dg.AssetCheckSpec("sessions_key_unique", asset="sessions", blocking=True,
+                      description="session_id is unique among accepted sessions."),
+    dg.AssetCheckSpec("pain_scores_key_unique", asset="pain_scores", blocking=True,
+                      description="(session_id, timepoint) unique for pre/post; (episode_id, recorded_on) for follow-ups."),
+    dg.AssetCheckSpec("sessions_reference_episodes", asset="sessions", blocking=True,
+                      description="Every accepted session names an accepted episode and is not before its referral."),
+    dg.AssetCheckSpec("pain_scores_reference_sessions", asset="pain_scores", blocking=True,
+                      description="Every accepted score names an accepted episode; pre/post an accepted session of it."),
+]
+COLUMNS = {"episodes": ["episode_id", "referral_date"],
+           "sessions": ["session_id", "episode_id", "session_date"],
+           "pain_scores": ["episode_id", "session_id", "timepoint", "recorded_on"]}
+
+
+@dg.multi_asset_check(specs=KEY_AND_REFERENCE_SPECS, name="accepted_keys_and_references",
+                      description="Keys unique and references resolved in the accepted tables (one read of each).")
+def accepted_keys_and_references(processed_io_manager: dg.ResourceParam[ProcessedTableIOManager]):
+    # read through the I/O manager's storage with a column list (an AssetIn on a checked asset
+    # cannot carry the "columns" metadata)
+    tables = {name: processed_io_manager.read(name, columns) for name, columns in COLUMNS.items()}
+    episodes, sessions, pain_scores = tables["episodes"], tables["sessions"], tables["pain_scores"]
+    yield episodes_key_unique(episodes)
+    yield sessions_key_unique(sessions)
+    yield pain_scores_key_unique(pain_scores)
+    yield sessions_reference_episodes(sessions, episodes)
+    yield pain_scores_reference_sessions(pain_scores, sessions, episodes)
+
+
 def episodes_key_unique(episodes: pl.DataFrame) -> dg.AssetCheckResult:
     dupes = episodes.filter(pl.col("episode_id").is_duplicated()).height
-    return dg.AssetCheckResult(passed=dupes == 0, metadata={"duplicate_keys": dupes})
+    return dg.AssetCheckResult(asset_key="episodes", check_name="episodes_key_unique", passed=dupes == 0,
+                               metadata={"duplicate_keys": dupes})
 
 
-@dg.asset_check(asset="sessions", name="sessions_key_unique", blocking=True,
-                description="session_id is unique among accepted sessions.")
 def sessions_key_unique(sessions: pl.DataFrame) -> dg.AssetCheckResult:
     dupes = sessions.filter(pl.col("session_id").is_duplicated()).height
-    return dg.AssetCheckResult(passed=dupes == 0, metadata={"duplicate_keys": dupes})
+    return dg.AssetCheckResult(asset_key="sessions", check_name="sessions_key_unique", passed=dupes == 0,
+                               metadata={"duplicate_keys": dupes})
 
 
-@dg.asset_check(asset="pain_scores", name="pain_scores_key_unique", blocking=True,
-                description="(session_id, timepoint) unique for pre/post; (episode_id, recorded_on) for follow-ups.")
 def pain_scores_key_unique(pain_scores: pl.DataFrame) -> dg.AssetCheckResult:
     followup = pl.col("timepoint") == "followup"
 
@@ -52,26 +86,20 @@ def pain_scores_key_unique(pain_scores: pl.DataFrame) -> dg.AssetCheckResult:
 
     prepost = duplicated(~followup, ["session_id", "timepoint"])
     follow = duplicated(followup, ["episode_id", "recorded_on"])
-    return dg.AssetCheckResult(passed=prepost + follow == 0,
+    return dg.AssetCheckResult(asset_key="pain_scores", check_name="pain_scores_key_unique",
+                               passed=prepost + follow == 0,
                                metadata={"duplicate_prepost_keys": int(prepost), "duplicate_followup_keys": int(follow)})
 
 
-@dg.asset_check(asset="sessions", name="sessions_reference_episodes", blocking=True,
-                additional_ins={"episodes": dg.AssetIn("episodes",
-                                                       metadata={"columns": ["episode_id", "referral_date"]})},
-                description="Every accepted session names an accepted episode and is not before its referral.")
 def sessions_reference_episodes(sessions: pl.DataFrame, episodes: pl.DataFrame) -> dg.AssetCheckResult:
     joined = sessions.join(episodes.select("episode_id", "referral_date"), on="episode_id", how="left")
     orphans = joined.filter(pl.col("referral_date").is_null()).height
     early = joined.filter(pl.col("session_date") < pl.col("referral_date")).height
-    return dg.AssetCheckResult(passed=orphans == 0 and early == 0,
+    return dg.AssetCheckResult(asset_key="sessions", check_name="sessions_reference_episodes",
+                               passed=orphans == 0 and early == 0,
                                metadata={"orphan_sessions": orphans, "sessions_before_referral": early})
 
 
-@dg.asset_check(asset="pain_scores", name="pain_scores_reference_sessions", blocking=True,
-                additional_ins={"sessions": dg.AssetIn("sessions", metadata={"columns": ["session_id", "episode_id"]}),
-                                "episodes": dg.AssetIn("episodes", metadata={"columns": ["episode_id"]})},
-                description="Every accepted score names an accepted episode; pre/post an accepted session of it.")
 def pain_scores_reference_sessions(pain_scores: pl.DataFrame, sessions: pl.DataFrame,
                                    episodes: pl.DataFrame) -> dg.AssetCheckResult:
     scores = pain_scores.lazy()
@@ -82,5 +110,6 @@ def pain_scores_reference_sessions(pain_scores: pl.DataFrame, sessions: pl.DataF
     wrong = (scores.filter(pl.col("timepoint") != "followup").select("session_id", "episode_id")
              .join(sessions.lazy().select("session_id", "episode_id"), on=["session_id", "episode_id"], how="anti")
              .select(pl.len()).collect().item())
-    return dg.AssetCheckResult(passed=orphans == 0 and wrong == 0,
+    return dg.AssetCheckResult(asset_key="pain_scores", check_name="pain_scores_reference_sessions",
+                               passed=orphans == 0 and wrong == 0,
                                metadata={"scores_without_episode": orphans, "prepost_without_own_session": wrong})
