@@ -10,6 +10,7 @@ from datetime import date
 
 import polars as pl
 
+from pipelines.outcomes.joins import left_join_by_hash, semi_join_by_hash
 from pipelines.settings import Settings
 
 #: tolerance with which a percentage "reaches" a threshold (METRICS.md, step 6)
@@ -42,10 +43,9 @@ def numbered_sessions(episodes: pl.DataFrame, sessions: pl.DataFrame, as_of: dat
     position = pl.int_range(pl.len(), dtype=pl.Int64)
     run_start = pl.when(pl.col("episode_id").ne_missing(pl.col("episode_id").shift())
                         | (position == 0)).then(position).forward_fill()
+    dated = sessions.lazy().filter(pl.col("session_date") <= as_of).select("session_id", "episode_id", "session_date")
     return (
-        sessions.lazy().filter(pl.col("session_date") <= as_of)
-        .join(episodes.lazy().select("episode_id"), on="episode_id", how="semi")
-        .select("session_id", "episode_id", "session_date")
+        semi_join_by_hash(dated, episodes, "episode_id").lazy()
         .sort("episode_id", "session_date", "session_id")
         .with_columns((position - run_start + 1).alias("k"))
         .collect()
@@ -59,12 +59,12 @@ def session_scores(numbered: pl.DataFrame, pain_scores: pl.DataFrame) -> pl.Data
     (session_id, timepoint) and its episode_id is its session's (CONTRACT.md, checked by
     ingest and by the blocking asset checks), so the episode adds nothing to the match.
     """
-    out = numbered.lazy()
+    out = numbered
     for tp in ("pre", "post"):
         scores = (pain_scores.lazy().filter(pl.col("timepoint") == tp)
                   .select("session_id", pl.col("score").cast(pl.Float64).alias(tp)))
-        out = out.join(scores, on="session_id", how="left", maintain_order="left")
-    return out.collect()
+        out = left_join_by_hash(out, scores, "session_id")
+    return out
 
 
 def outcome_observations(scored: pl.DataFrame, pain_scores: pl.DataFrame, episodes: pl.DataFrame,
