@@ -90,14 +90,33 @@ def _observations(scored: pl.LazyFrame, pain_scores: pl.LazyFrame, episodes: pl.
         .sort("date")
     )
     # sessions on or before each date = the largest k among sessions dated on or before it
-    last_k_by_date = (scored.group_by("episode_id", "session_date").agg(pl.col("k").max())
-                      .sort("session_date"))
+    last_k_by_date = _last_k_by_date(scored).sort("session_date")
     followups = followups.join_asof(last_k_by_date, left_on="date", right_on="session_date",
                                     by="episode_id", strategy="backward",
                                     check_sortedness=False)
     from_followup = followups.select("episode_id", "date", pl.col("k").fill_null(0).alias("t"), "score").filter(
         pl.col("t") >= 1)
     return pl.concat([from_pre, from_followup], how="vertical").sort("episode_id", "date", "t")
+
+
+def _last_k_by_date(scored: pl.LazyFrame) -> pl.LazyFrame:
+    """The largest k of each (episode_id, session_date).
+
+    :func:`scored_sessions` returns its rows ordered by episode, date and k, so each pair is
+    one run of rows ending at its largest k: keeping the last row of every run is exact and
+    much cheaper than grouping millions of rows by (episode_id, session_date). Frames not in
+    that order (checked, in one pass) are grouped instead."""
+    same_episode = pl.col("episode_id") == pl.col("episode_id").shift()
+    in_order = (((pl.col("episode_id") > pl.col("episode_id").shift())
+                 | (same_episode & ((pl.col("session_date") > pl.col("session_date").shift())
+                                    | ((pl.col("session_date") == pl.col("session_date").shift())
+                                       & (pl.col("k") > pl.col("k").shift())))))
+                .fill_null(True).all())
+    if scored.select(in_order).collect().item():
+        run_end = ((pl.col("episode_id") != pl.col("episode_id").shift(-1))
+                   | (pl.col("session_date") != pl.col("session_date").shift(-1))).fill_null(True)
+        return scored.filter(run_end).select("episode_id", "session_date", "k")
+    return scored.group_by("episode_id", "session_date").agg(pl.col("k").max())
 
 
 def scored_sessions(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
