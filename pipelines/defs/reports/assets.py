@@ -26,6 +26,9 @@ REUSABLE = {
     "session_relief_table": ("session_relief.parquet", False),
     "pain_trajectories": ("pain_trajectories.parquet", False),
 }
+#: the columns the report reads of a reused table (all when not listed): at a million
+#: episodes session relief has five million rows
+REUSED_COLUMNS = {"session_relief_table": ["episode_id", "session_date", "clinic_id", "condition", "relief"]}
 
 
 def stored_outcomes(processed_dir: Path, inputs: str, settings: Settings, sunday: date, episodes: pl.DataFrame,
@@ -50,7 +53,7 @@ def stored_outcomes(processed_dir: Path, inputs: str, settings: Settings, sunday
             refused.append(f"{filename} is as of {stamp.as_of}, and records differ as of {sunday}")
         else:
             try:
-                found[name] = pl.read_parquet(processed_dir / filename)
+                found[name] = pl.read_parquet(processed_dir / filename, columns=REUSED_COLUMNS.get(name))
             except (OSError, pl.exceptions.PolarsError) as exc:
                 refused.append(f"could not read {filename} ({type(exc).__name__})")
     said = f"reused {', '.join(found)} (same records)" if found else "reused nothing"
