@@ -22,6 +22,7 @@ from datetime import date, timedelta
 
 import polars as pl
 
+from pipelines.outcomes.joins import semi_join_by_hash
 from pipelines.outcomes.metrics import episode_outcomes_from, outcome_observations, reaches
 from pipelines.settings import Settings
 
@@ -55,8 +56,7 @@ def outcomes_before(episodes: pl.DataFrame, scored: pl.DataFrame, pain_scores: p
     touched = touched_between(scored, pain_scores, earlier, later)
     kept = later_outcomes.filter(pl.col("referral_date") <= earlier).join(touched, on="episode_id", how="anti")
     redo = episodes.filter(pl.col("referral_date") <= earlier).join(touched, on="episode_id", how="semi")
-    scored_earlier = scored.filter(pl.col("session_date") <= earlier).join(redo.select("episode_id"),
-                                                                          on="episode_id", how="semi")
+    scored_earlier = semi_join_by_hash(scored.filter(pl.col("session_date") <= earlier), redo, "episode_id")
     redone = episode_outcomes_from(redo, scored_earlier, pain_scores, earlier, settings)
     return pl.concat([kept, redone], how="vertical").sort("episode_id")
 
@@ -98,7 +98,7 @@ def weekly_cohorts(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: 
     # only episodes with a session or follow-up in the window can be in a week's cohort (all of
     # their sessions are kept: they number the observations)
     active = touched_between(scored, pain_scores, first_day - timedelta(days=1), as_of)
-    scored = scored.join(active, on="episode_id", how="semi")
+    scored = semi_join_by_hash(scored, active, "episode_id")
     episodes_d = episodes.filter(pl.col("referral_date") <= as_of).join(active, on="episode_id", how="semi")
     observations = outcome_observations(scored, pain_scores, episodes_d, as_of)
     baseline = scored.filter(pl.col("k") == 1).select("episode_id", pl.col("pre").alias("baseline_pain"))
