@@ -17,7 +17,9 @@ IO = "processed_io_manager"
 
 # Each step reads only the columns it uses of the large accepted tables (see ProcessedTableIOManager).
 _AS_OF = {"sessions": ["session_date"], "pain_scores": ["timepoint", "recorded_on"]}  # resolve_as_of
-_SCORES = ["episode_id", "session_id", "timepoint", "score", "recorded_on"]
+# pre/post scores are matched by session_id; follow-ups by episode_id and recorded_on
+_SESSION_SCORES = ["session_id", "timepoint", "score", "recorded_on"]
+_FOLLOWUP_SCORES = ["episode_id", "timepoint", "score", "recorded_on"]
 
 
 def _columns(**tables: list[str]) -> dict[str, dg.AssetIn]:
@@ -43,7 +45,7 @@ def _md(frame: pl.DataFrame, rows: int = 20) -> dg.MetadataValue:
 
 
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "scored_sessions.parquet"},
-          ins=_columns(sessions=["session_id", "episode_id", "session_date"], pain_scores=_SCORES),
+          ins=_columns(sessions=["session_id", "episode_id", "session_date"], pain_scores=_SESSION_SCORES),
           description="Sessions on or before the as-of date, numbered k = 1..n per episode, with their pre and "
                       "post scores: the step every session-level metric starts from, computed once.")
 def scored_sessions(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings,
@@ -55,7 +57,7 @@ def scored_sessions(context: dg.AssetExecutionContext, paths: PipelineConfig, an
 
 
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "episode_outcomes.parquet"},
-          ins=_columns(sessions=_AS_OF["sessions"], pain_scores=_SCORES),
+          ins=_columns(sessions=_AS_OF["sessions"], pain_scores=_FOLLOWUP_SCORES),
           description="One row per accepted episode referred on or before the as-of date: baseline, "
                       "final, change, responders, sessions to response, exclusion reason (METRICS.md).")
 def episode_outcomes(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings,
