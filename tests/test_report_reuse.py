@@ -19,7 +19,7 @@ import pytest
 from pipelines.defs.outcomes.assets import accepted_digest
 from pipelines.defs.reports import assets as report_assets
 from pipelines.defs.reports.assets import REUSABLE, REUSED_COLUMNS, stored_outcomes
-from pipelines.defs.resources import CSV_SCHEMAS, PipelineConfig
+from pipelines.defs.resources import CSV_SCHEMAS, PipelineConfig, ProcessedTableIOManager
 from pipelines.outcomes.lineage import STAMP_KEY, Lineage, read_lineage
 from pipelines.outcomes.metrics import episode_outcomes_from, same_records_as_of, scored_sessions
 from pipelines.reports.weekly import ReportInputs, build_report
@@ -110,7 +110,7 @@ def test_reused_report_equals_recomputed_report(main_report):  # noqa: F811
     processed = main_report.processed_dir
     ep, se, ps, audit, rejected = _accepted(processed)
     settings = Settings()
-    stored, said = stored_outcomes(processed, _digest(audit, ep, se, ps), settings, SUNDAY, ep, se, ps)
+    stored, said = stored_outcomes(ProcessedTableIOManager(processed_dir=str(processed)), _digest(audit, ep, se, ps), settings, SUNDAY, ep, se, ps)
     assert set(stored) == set(REUSABLE), said
     assert "recomputed" not in said
 
@@ -153,7 +153,8 @@ def _restamp(path, **changes):
 
 
 def _attempt(processed, ep, se, ps, audit, settings=None, sunday=SUNDAY):
-    return stored_outcomes(processed, _digest(audit, ep, se, ps), settings or Settings(), sunday, ep, se, ps)
+    return stored_outcomes(ProcessedTableIOManager(processed_dir=str(processed)), _digest(audit, ep, se, ps),
+                           settings or Settings(), sunday, ep, se, ps)
 
 
 def test_reuses_an_untouched_copy(stored):

@@ -12,7 +12,7 @@ import polars as pl
 
 from pipelines.ingest.core import AUDIT_SCHEMA, REJECTED_SCHEMA
 from pipelines.io import read_table, write_table
-from pipelines.outcomes.lineage import STAMP_KEY
+from pipelines.outcomes.lineage import STAMP_KEY, Lineage, read_lineage
 from pipelines.outcomes.summary import SUMMARY_SCHEMA
 from pipelines.outcomes.metrics import latest_record_date
 from pipelines.settings import Settings
@@ -130,10 +130,21 @@ class ProcessedTableIOManager(dg.ConfigurableIOManager):
         path = write_table(obj, self._path(context), {STAMP_KEY: lineage} if lineage else None)
         context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": obj.height})
 
+    # Steps that read a stored table without it being an input (the key and reference checks,
+    # the report's reuse of outcome tables) go through these, so that another storage behind
+    # this resource key (docs/deployment.md) serves them too.
+
+    def read_file(self, filename: str, columns: list[str] | None = None) -> pl.DataFrame:
+        """A stored Parquet table by file name, only ``columns`` of it (all when None)."""
+        return pl.read_parquet(Path(self.processed_dir) / filename, columns=columns)
+
     def read(self, asset_name: str, columns: list[str] | None = None) -> pl.DataFrame:
-        """An asset's stored table by name (``<asset>.parquet``), only ``columns`` of it; for a
-        step that reads a table without it being an input (the key and reference checks)."""
-        return pl.read_parquet(Path(self.processed_dir) / f"{asset_name}.parquet", columns=columns)
+        """An asset's stored table by asset name (``<asset>.parquet``)."""
+        return self.read_file(f"{asset_name}.parquet", columns)
+
+    def lineage(self, filename: str) -> Lineage | None:
+        """What a stored table was computed from (pipelines.outcomes.lineage), if it says."""
+        return read_lineage(Path(self.processed_dir) / filename)
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         path = self._path(context)

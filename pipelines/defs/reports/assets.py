@@ -8,8 +8,8 @@ import dagster as dg
 import polars as pl
 
 from pipelines.defs.outcomes.assets import accepted_digest
-from pipelines.defs.resources import AnalysisSettings, PipelineConfig, RunGuard
-from pipelines.outcomes.lineage import code_version, read_lineage
+from pipelines.defs.resources import AnalysisSettings, PipelineConfig, ProcessedTableIOManager, RunGuard
+from pipelines.outcomes.lineage import code_version
 from pipelines.outcomes.metrics import same_records_as_of
 from pipelines.reports.render import write_report
 from pipelines.reports.weekly import ReportInputs, build_report, week_label
@@ -31,8 +31,9 @@ REUSABLE = {
 REUSED_COLUMNS = {"session_relief_table": ["episode_id", "session_date", "clinic_id", "condition", "relief"]}
 
 
-def stored_outcomes(processed_dir: Path, inputs: str, settings: Settings, sunday: date, episodes: pl.DataFrame,
-                    sessions: pl.DataFrame, pain_scores: pl.DataFrame) -> tuple[dict[str, pl.DataFrame], str]:
+def stored_outcomes(store: ProcessedTableIOManager, inputs: str, settings: Settings, sunday: date,
+                    episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame
+                    ) -> tuple[dict[str, pl.DataFrame], str]:
     """The outcomes job's tables (:data:`REUSABLE`) that equal what the report would compute as
     of ``sunday`` from these accepted tables (pipelines.outcomes.lineage), by asset name; the
     report computes the others. Also says what was reused or why not, for the log and metadata."""
@@ -41,7 +42,7 @@ def stored_outcomes(processed_dir: Path, inputs: str, settings: Settings, sunday
     same_records: dict[str, bool] = {}
     found, refused = {}, []
     for name, (filename, with_settings) in REUSABLE.items():
-        stamp = read_lineage(processed_dir / filename)
+        stamp = store.lineage(filename)
         if stamp is None:
             refused.append(f"{filename} is missing or has no lineage")
         elif stamp.inputs != inputs or stamp.code != code:
@@ -53,7 +54,7 @@ def stored_outcomes(processed_dir: Path, inputs: str, settings: Settings, sunday
             refused.append(f"{filename} is as of {stamp.as_of}, and records differ as of {sunday}")
         else:
             try:
-                found[name] = pl.read_parquet(processed_dir / filename, columns=REUSED_COLUMNS.get(name))
+                found[name] = store.read_file(filename, columns=REUSED_COLUMNS.get(name))
             except (OSError, pl.exceptions.PolarsError) as exc:
                 refused.append(f"could not read {filename} ({type(exc).__name__})")
     said = f"reused {', '.join(found)} (same records)" if found else "reused nothing"
@@ -77,7 +78,7 @@ def build_weekly_report_asset(partitions_def: dg.WeeklyPartitionsDefinition) -> 
                                                              "recorded_on"]})},
     )
     def weekly_report(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings,
-                      run_guard: RunGuard,
+                      run_guard: RunGuard, processed_io_manager: dg.ResourceParam[ProcessedTableIOManager],
                       episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
                       ingest_audit: pl.DataFrame, rejected_rows: pl.DataFrame) -> dg.MaterializeResult:
         settings = analysis_settings.to_settings()
@@ -85,7 +86,7 @@ def build_weekly_report_asset(partitions_def: dg.WeeklyPartitionsDefinition) -> 
         vocabulary = paths.vocabulary()
         sunday = date.fromisoformat(context.partition_key) + timedelta(days=6)
         stored, reuse = stored_outcomes(
-            Path(paths.processed_dir), accepted_digest(paths, ingest_audit, episodes, sessions, pain_scores),
+            processed_io_manager, accepted_digest(paths, ingest_audit, episodes, sessions, pain_scores),
             settings, sunday, episodes, sessions, pain_scores)
         context.log.info(f"report for {week}: {reuse}")
         inputs = ReportInputs(episodes=episodes, sessions=sessions, pain_scores=pain_scores, audit=ingest_audit,
