@@ -433,3 +433,80 @@ def test_trajectory_legend_hides_a_count_that_the_total_would_give_away(trajecto
         pl.when(pl.col("condition") == "ALL").then(pl.col("n") - 6).otherwise(pl.col("n")).alias("n"))
     legend = [t.get_text() for t in trajectory_plot(frame, LABELS).axes[0].get_legend().get_texts()]
     assert legend == ["Low back pain (n=412)", "Neck pain (n not shown)", "All conditions (n=539)"]
+
+
+# --------------------------------------------------------------------------------------
+# PNG output: one draw, cropped like savefig(bbox_inches="tight")
+# --------------------------------------------------------------------------------------
+
+def _savefig_png(fig: Figure) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=charts.SAVE_DPI, bbox_inches="tight", facecolor="white")
+    return buffer.getvalue()
+
+
+def _pixels(data: bytes):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB")).astype(int)
+
+
+@pytest.mark.parametrize("make", ["forest", "km", "trend", "funnel", "data_quality"])
+def test_png_is_the_picture_savefig_tight_gives(make, summary, km, trend, clinics, rejected):
+    """Same size, and the same pixels but for anti-aliasing at a sub-pixel shift (and dash phases)."""
+    build = {"forest": lambda: forest_plot(summary, LABELS), "km": lambda: km_curves_plot(km, summary, LABELS),
+             "trend": lambda: trend_plot(trend), "funnel": lambda: funnel_plot(clinics, 0.5),
+             "data_quality": lambda: data_quality_plot(rejected, {"ingested": 3, "refused": 1, "ignored": 0})}[make]
+    ours, reference = _pixels(figure_to_png_bytes(build())), _pixels(_savefig_png(build()))
+    assert ours.shape == reference.shape
+    differs = (abs(ours - reference).max(axis=2) > 16).mean()
+    assert differs < 0.05, f"{differs:.1%} of the pixels differ visibly"
+
+
+def test_png_is_opaque_rgb_at_150_dpi_with_matplotlib_metadata(summary):
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(figure_to_png_bytes(responder_plot(summary, LABELS)))) as image:
+        assert image.mode == "RGB"
+        assert round(image.info["dpi"][0]) == charts.SAVE_DPI
+        assert image.info["Software"].startswith("Matplotlib version")
+
+
+def test_png_leaves_the_figure_as_it_was(summary):
+    fig = forest_plot(summary, LABELS)
+    canvas, dpi, facecolor = fig.canvas, fig.dpi, fig.get_facecolor()
+    first = figure_to_png_bytes(fig)
+    assert fig.canvas is canvas and fig.dpi == dpi and fig.get_facecolor() == facecolor
+    # drawn again (constrained layout starts from its first result, as with savefig): same size
+    assert _pixels(figure_to_png_bytes(fig)).shape == _pixels(first).shape
+
+
+def test_png_of_a_figure_drawing_outside_its_canvas_is_not_cut(summary):
+    """A crop of the canvas would lose what lies beyond it: savefig's wider picture is kept."""
+    fig = forest_plot(summary, LABELS)
+    fig.text(1.15, 0.5, "beyond the right edge", fontsize=12)
+    reference = _pixels(_savefig_png(forest_plot(summary, LABELS)))
+    ours = _pixels(figure_to_png_bytes(fig))
+    assert ours.shape[1] > reference.shape[1] + 100
+
+
+@pytest.mark.parametrize("props", [dict(size=8.5), dict(size=12.5, weight="bold"), dict(size=7.5, style="italic"),
+                                   dict(size=10, family="monospace"), dict(size=9.5, family="serif")])
+def test_cached_font_metrics_are_the_ones_matplotlib_computes(props):
+    """The renderer's line-metrics hook must not move any text (matplotlib's own computation otherwise)."""
+    from matplotlib.backends.backend_agg import RendererAgg
+
+    fig = Figure(figsize=(4, 3), dpi=charts.SAVE_DPI)
+    text = fig.text(0.1, 0.5, "Two lines: gyp\nÅ second — line", **props)
+    plain = text.get_window_extent(RendererAgg(600, 450, charts.SAVE_DPI))
+    cached_renderer = charts._canvas_class()(fig).get_renderer()
+    assert hasattr(cached_renderer, "_get_font_height_metrics")
+    assert text.get_window_extent(cached_renderer).bounds == plain.bounds

@@ -11,18 +11,227 @@ from __future__ import annotations
 import base64
 import ctypes
 import ctypes.util
+import gc
 import io
 import os
+import pickle
+import select
 import shutil
+import signal
+import struct
+import sys
 import tempfile
+import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from pipelines.reports.charts import figure_to_png_bytes
+from pipelines.reports.charts import figure_to_png_bytes, prepare_png_rendering
 from pipelines.reports.methods import methods_paragraphs
-from pipelines.reports.weekly import ReportContent
+from pipelines.reports.weekly import FigureItem, ReportContent
+
+
+# --------------------------------------------------------------------------------------
+# Figures to PNG, on two cores
+# --------------------------------------------------------------------------------------
+
+#: ``OUTCOMES_RENDER_PROCESSES=1`` draws every figure in this process (no helper process)
+RENDER_PROCESSES_ENV = "OUTCOMES_RENDER_PROCESSES"
+#: how long to wait for the helper beyond the time this process took for its own share
+HELPER_GRACE_SECONDS = 60.0
+_PR_SET_PDEATHSIG = 1
+
+
+def render_figures(figures: list[FigureItem]) -> dict[str, bytes]:
+    """PNG bytes of each figure (:func:`figure_to_png_bytes`), keyed by name, in order.
+
+    Drawing a chart is pure CPU work in matplotlib (layout, text, Agg) and takes about
+    half a second each, so on a machine with two or more cores one forked helper process
+    draws part of the figures while this process draws the rest. Both take the next figure
+    from a shared queue (largest first), so neither waits for the other for long. The
+    helper inherits the figures (fork: nothing is pickled but the PNG bytes coming back),
+    writes no file, and dies with this process (``PR_SET_PDEATHSIG``); it is killed and
+    reaped before this function returns or raises. If the helper cannot start, fails, or
+    is silent for too long, this process draws what is missing itself, so the result is the
+    same in every case, just slower. Set ``OUTCOMES_RENDER_PROCESSES=1`` to never fork.
+    """
+    figures = list(figures)
+    images: dict[int, bytes] = {}
+    if _use_helper(len(figures)):
+        images = _render_with_helper(figures)
+    for i, item in enumerate(figures):  # everything when alone; what the helper did not deliver
+        if i not in images:
+            images[i] = figure_to_png_bytes(item.figure)
+    return {figures[i].name: images[i] for i in range(len(figures))}
+
+
+def _use_helper(n_figures: int) -> bool:
+    if n_figures < 2 or n_figures > 255 or not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return False
+    setting = os.environ.get(RENDER_PROCESSES_ENV, "").strip()
+    if setting:
+        return setting != "1" and setting != "0"
+    try:
+        return len(os.sched_getaffinity(0)) >= 2
+    except (AttributeError, OSError):
+        return (os.cpu_count() or 1) >= 2
+
+
+def _render_cost(item: FigureItem) -> int:
+    """Drawing time grows with the number of panels (the Kaplan-Meier grid is the slowest)."""
+    return len(item.figure.axes)
+
+
+def _take(queue_fd: int) -> int | None:
+    """The next figure index from the shared queue, None when it is empty."""
+    try:
+        data = os.read(queue_fd, 1)
+    except BlockingIOError:
+        return None
+    return data[0] if data else None
+
+
+def _render_with_helper(figures: list[FigureItem]) -> dict[int, bytes]:
+    """Images drawn here and by a forked helper; indices missing from the result are left to the caller."""
+    order = sorted(range(len(figures)), key=lambda i: -_render_cost(figures[i]))
+    prepare_png_rendering()  # imports done once, before the fork, not in each process
+    fds: list[int] = []
+    pid = 0
+    frozen = False
+    try:
+        queue_r, queue_w = os.pipe()
+        fds += [queue_r, queue_w]
+        result_r, result_w = os.pipe()
+        fds += [result_r, result_w]
+        os.write(queue_w, bytes(order))  # at most 255 bytes: fits the pipe buffer, all queued before the fork
+        os.close(queue_w)
+        fds.remove(queue_w)
+        os.set_blocking(queue_r, False)  # an empty queue reads as "no more work", never blocks
+        parent = os.getpid()
+        # objects existing now are left out of this process's collections until the helper is
+        # done: a collection writes to every object it visits, which would copy the memory
+        # pages the two processes still share (gc.freeze's documented use before a fork)
+        frozen = gc.get_freeze_count() == 0  # (never thaw what someone else froze)
+        if frozen:
+            gc.freeze()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns that forking a threaded process may deadlock the child; the
+            # helper only draws figures, and one that hangs is given up on (_receive's timeout)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError:  # no pipe or no fork (out of processes or memory): the caller draws everything
+        for fd in fds:
+            os.close(fd)
+        if frozen:
+            gc.unfreeze()
+        return {}
+    if pid == 0:  # the helper: never returns
+        _helper_main(figures, queue_r, result_w, result_r, parent)
+    try:
+        os.close(result_w)
+        fds.remove(result_w)
+        started = time.monotonic()
+        images: dict[int, bytes] = {}
+        while (i := _take(queue_r)) is not None:
+            images[i] = figure_to_png_bytes(figures[i].figure)
+        own_share = time.monotonic() - started
+        delivered, caught = _receive(result_r, timeout=HELPER_GRACE_SECONDS + 4 * own_share)
+        for message, category, filename, lineno in caught:  # what drawing in the helper warned about
+            warnings.warn_explicit(message, category, filename, lineno)
+        images.update(delivered)
+        return images
+    finally:
+        if pid > 0:
+            _reap(pid)
+        for fd in fds:
+            os.close(fd)
+        if frozen:
+            gc.unfreeze()
+
+
+def _reap(pid: int) -> None:
+    """Kill the helper if it still runs and collect its exit status (no zombie, no orphan)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _receive(fd: int, timeout: float) -> tuple[dict[int, bytes], list]:
+    """The helper's (images, warnings): a length-prefixed pickle. Nothing if it died or timed out."""
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    received = 0
+    expected = None
+    while expected is None or received < expected:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return {}, []
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:  # the helper ended without a complete answer
+            return {}, []
+        chunks.append(chunk)
+        received += len(chunk)
+        if expected is None and received >= 8:
+            data = b"".join(chunks)
+            expected = 8 + struct.unpack("<Q", data[:8])[0]
+            chunks, received = [data], len(data)
+    try:
+        images, caught = pickle.loads(b"".join(chunks)[8:expected])
+    except Exception:  # noqa: BLE001 - a garbled answer counts as none
+        return {}, []
+    return images, caught
+
+
+def _helper_main(figures: list[FigureItem], queue_fd: int, result_fd: int, unused_fd: int, parent: int) -> None:
+    """Body of the forked helper: draw figures from the queue, send the PNGs back, exit."""
+    status = 1
+    try:
+        os.close(unused_fd)
+        _die_with_parent(parent)
+        # the run's handlers (SIGTERM -> KeyboardInterrupt, cleanup) belong to the parent
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+        gc.disable()  # short-lived: a collection would only touch (and copy) the parent's memory
+        images: dict[int, bytes] = {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            try:
+                while (i := _take(queue_fd)) is not None:
+                    images[i] = figure_to_png_bytes(figures[i].figure)
+            except Exception:  # noqa: BLE001 - the parent draws what is missing and sees the error itself
+                pass
+        warned = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+        try:
+            payload = pickle.dumps((images, warned), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # noqa: BLE001 - e.g. an unpicklable warning category
+            payload = pickle.dumps((images, []), protocol=pickle.HIGHEST_PROTOCOL)
+        view = memoryview(struct.pack("<Q", len(payload)) + payload)
+        while view:
+            written = os.write(result_fd, view)
+            view = view[written:]
+        status = 0
+    except BaseException:  # noqa: BLE001 - whatever happens, leave through os._exit below
+        pass
+    finally:
+        # no atexit handlers, no flushing of the parent's inherited buffers, no cleanup of its files
+        os._exit(status)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when the parent dies (Linux); exit now if it already has."""
+    try:
+        # the symbols of the running program, libc's among them (no ldconfig subprocess to find it)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def render_html(content: ReportContent, images: dict[str, bytes]) -> str:
@@ -219,7 +428,7 @@ def write_report(content: ReportContent, weekly_dir: str | Path) -> Path:
     target = weekly_dir / content.week
     staging = Path(tempfile.mkdtemp(prefix=f".{content.week}.", dir=weekly_dir))
     try:
-        images = {f.name: figure_to_png_bytes(f.figure) for f in content.figures}
+        images = render_figures(content.figures)
         (staging / "figures").mkdir()
         for name, data in images.items():
             (staging / "figures" / f"{name}.png").write_bytes(data)
