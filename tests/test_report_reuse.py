@@ -181,7 +181,7 @@ def test_other_accepted_tables_recompute(stored):
 
 
 def test_other_code_recomputes(stored, monkeypatch):
-    monkeypatch.setattr(report_assets, "code_version", lambda: "pipelines 9.9.9")
+    monkeypatch.setattr(report_assets, "code_fingerprint", lambda: "pipelines 9.9.9")
     found, said = _attempt(*stored)
     assert found == {} and "other accepted tables or code" in said
 
@@ -235,3 +235,27 @@ def test_pipeline_as_of_midweek_recomputes_the_report(tmp_path):
     events = instance.fetch_materializations(dg.AssetKey("weekly_report"), limit=1).records
     said = events[0].asset_materialization.metadata["outcomes"].value
     assert said.startswith("reused scored_sessions") and "recomputed" not in said
+
+
+def test_code_fingerprint_follows_every_edit(tmp_path, monkeypatch):
+    import pipelines
+    from pipelines.outcomes import lineage
+
+    package = tmp_path / "pipelines"
+    (package / "outcomes").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "outcomes" / "metrics.py").write_text("THRESHOLD = 30\n")
+    monkeypatch.setattr(pipelines, "__file__", str(package / "__init__.py"))
+
+    def fingerprint():
+        monkeypatch.setattr(lineage, "_CODE_FINGERPRINT", None)
+        return lineage.code_fingerprint()
+
+    first = fingerprint()
+    assert first == fingerprint()
+    (package / "outcomes" / "metrics.py").write_text("THRESHOLD = 25\n")
+    assert fingerprint() != first
+    (package / "outcomes" / "metrics.py").write_text("THRESHOLD = 30\n")
+    assert fingerprint() == first
+    (package / "notes.txt").write_text("not code")
+    assert fingerprint() == first

@@ -8,7 +8,8 @@ they provably equal what it would compute itself:
 * the same accepted tables: :func:`inputs_digest` of the ingest audit (every file's path,
   content hash and row counts; the run date's future-date rule shows in the counts of
   rejected rows), the vocabulary fingerprint and the heights of the three accepted tables;
-* the same code (:func:`code_version`) and, for episode outcomes, the same settings;
+* the same code (:func:`code_fingerprint`, a digest of the package's files) and, for
+  episode outcomes, the same settings;
 * the same records as of both dates: no record counts as of one and not the other
   (:func:`pipelines.outcomes.metrics.same_records_as_of`), because a date changes the
   metrics only through which records are on or before it (METRICS.md "As of a date").
@@ -42,6 +43,22 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"pipelines {pipelines.__version__}" + (f" (git {commit})" if commit else "")
+
+
+_CODE_FINGERPRINT: str | None = None
+
+
+def code_fingerprint() -> str:
+    """The package version and a sha256 of every source and reference file of the package:
+    unlike the git description, it changes with every edit, committed or not."""
+    global _CODE_FINGERPRINT
+    if _CODE_FINGERPRINT is None:
+        root = Path(pipelines.__file__).parent
+        digest = hashlib.sha256()
+        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".csv", ".j2") and p.is_file()):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+        _CODE_FINGERPRINT = f"pipelines {pipelines.__version__} sha256:{digest.hexdigest()}"
+    return _CODE_FINGERPRINT
 
 
 def inputs_digest(audit: pl.DataFrame, vocabulary_fingerprint: str, heights: dict[str, int]) -> str:

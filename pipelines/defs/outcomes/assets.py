@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 
 from pipelines.defs.resources import AnalysisSettings, PipelineConfig
-from pipelines.outcomes.lineage import Lineage, code_version, inputs_digest
+from pipelines.outcomes.lineage import Lineage, code_fingerprint, inputs_digest
 from pipelines.outcomes.metrics import episode_outcomes_from, episodes_as_of, scored_sessions as compute_scored
 from pipelines.outcomes.metrics import session_relief_from
 from pipelines.outcomes.summary import clinic_condition_summary as compute_clinic_summary
@@ -36,7 +36,7 @@ def accepted_digest(paths: PipelineConfig, audit: pl.DataFrame, episodes: pl.Dat
 def _stamp(context: dg.AssetExecutionContext, inputs: str, as_of, settings: dict | None = None) -> None:
     """Record what the table was computed from; the I/O manager stores it in the Parquet footer,
     and the weekly report reuses the table only when its own inputs match."""
-    lineage = Lineage(inputs=inputs, as_of=as_of.isoformat(), code=code_version(), settings=settings)
+    lineage = Lineage(inputs=inputs, as_of=as_of.isoformat(), code=code_fingerprint(), settings=settings)
     context.add_output_metadata({"lineage": lineage.to_json()})
 
 

@@ -9,7 +9,7 @@ import polars as pl
 
 from pipelines.defs.outcomes.assets import accepted_digest
 from pipelines.defs.resources import AnalysisSettings, PipelineConfig, ProcessedTableIOManager, RunGuard
-from pipelines.outcomes.lineage import code_version
+from pipelines.outcomes.lineage import code_fingerprint, code_version
 from pipelines.outcomes.metrics import same_records_as_of
 from pipelines.reports.render import write_report
 from pipelines.reports.weekly import ReportInputs, build_report, week_label
@@ -37,7 +37,7 @@ def stored_outcomes(store: ProcessedTableIOManager, inputs: str, settings: Setti
     """The outcomes job's tables (:data:`REUSABLE`) that equal what the report would compute as
     of ``sunday`` from these accepted tables (pipelines.outcomes.lineage), by asset name; the
     report computes the others. Also says what was reused or why not, for the log and metadata."""
-    code = code_version()
+    code = code_fingerprint()
     settings_json = json.loads(json.dumps(settings.as_dict()))
     same_records: dict[str, bool] = {}
     found, refused = {}, []
