@@ -40,6 +40,13 @@ def stored_outcomes(store: ProcessedTableIOManager, inputs: str, settings: Setti
     code = code_fingerprint()
     settings_json = json.loads(json.dumps(settings.as_dict()))
     same_records: dict[str, bool] = {}
+
+    def records_match(stamp) -> bool:  # once per distinct as-of date (the tables share one)
+        if stamp.as_of not in same_records:
+            same_records[stamp.as_of] = same_records_as_of(episodes, sessions, pain_scores, stamp.as_of_date(),
+                                                            sunday)
+        return same_records[stamp.as_of]
+
     found, refused = {}, []
     for name, (filename, with_settings) in REUSABLE.items():
         stamp = store.lineage(filename)
@@ -49,8 +56,7 @@ def stored_outcomes(store: ProcessedTableIOManager, inputs: str, settings: Setti
             refused.append(f"{filename} was computed from other accepted tables or code")
         elif stamp.settings != (settings_json if with_settings else None):
             refused.append(f"{filename} was computed with other settings")
-        elif not same_records.setdefault(stamp.as_of, same_records_as_of(
-                episodes, sessions, pain_scores, stamp.as_of_date(), sunday)):
+        elif not records_match(stamp):
             refused.append(f"{filename} is as of {stamp.as_of}, and records differ as of {sunday}")
         else:
             try:
