@@ -1,9 +1,10 @@
 """What an outcome table was computed from, so that a later step can reuse it only when safe.
 
-The outcomes job writes ``scored_sessions.parquet`` and ``episode_outcomes.parquet``; the
-weekly report needs the same two tables as of its Sunday. Recomputing them costs about
-15 seconds at a million episodes, so the report reuses the stored tables, but only when
-they provably equal what it would compute itself:
+The outcomes job writes the scored sessions, episode outcomes, session relief and pain
+trajectories; the weekly report needs the same tables as of its Sunday. Recomputing them
+costs about 20 seconds at a million episodes, so the report reuses the stored tables, but
+only when they provably equal what it would compute itself
+(``pipelines.defs.reports.assets.stored_outcomes``):
 
 * the same accepted tables: :func:`inputs_digest` of the ingest audit (every file's path,
   content hash and row counts; the run date's future-date rule shows in the counts of
