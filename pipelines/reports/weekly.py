@@ -270,13 +270,13 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
 
     # Computed once as of Sunday; the previous Sunday and the trend weeks are derived from these
     # (pipelines.reports.history), not recomputed from the accepted tables.
-    stored = inputs.stored
-    scored = stored.get("scored_sessions")
-    scored = scored if scored is not None else scored_sessions(ep, se, ps, sunday)
-    outcomes = stored.get("episode_outcomes")
-    outcomes = outcomes if outcomes is not None else episode_outcomes_from(ep, scored, ps, sunday, settings)
-    relief = stored.get("session_relief_table")
-    relief = relief if relief is not None else session_relief_from(ep, scored, sunday)
+    def stored_or(name: str, compute) -> pl.DataFrame:  # the outcomes job's table, else computed here
+        frame = inputs.stored.get(name)
+        return frame if frame is not None else compute()
+
+    scored = stored_or("scored_sessions", lambda: scored_sessions(ep, se, ps, sunday))
+    outcomes = stored_or("episode_outcomes", lambda: episode_outcomes_from(ep, scored, ps, sunday, settings))
+    relief = stored_or("session_relief_table", lambda: session_relief_from(ep, scored, sunday))
     summary = condition_summary_from(outcomes, relief, settings)
     previous = _pooled(outcomes_before(ep, scored, ps, outcomes, sunday, previous_sunday, settings),
                        relief_before(relief, ep, previous_sunday), settings) if ep.height else None
@@ -299,8 +299,7 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
     ]
     headline_to_date = _to_date_rows(pooled, previous, k)
 
-    trajectories = stored.get("pain_trajectories")
-    trajectories = trajectories if trajectories is not None else pain_trajectories(scored, episodes_as_of(ep, sunday))
+    trajectories = stored_or("pain_trajectories", lambda: pain_trajectories(scored, episodes_as_of(ep, sunday)))
     km = km_curves(outcomes).filter(pl.col("at_risk") >= k)  # no curve over fewer than k patients
     trend = _trend(inputs, sunday, scored)
     pooled_rate = pooled["responder_30_rate"] if pooled and pooled["n_analysed"] >= k else None
