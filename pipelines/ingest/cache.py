@@ -10,12 +10,14 @@ other file's parsed and row-checked rows come back from the cache. Keys:
 
 So changing a file's content re-reads it, deleting a file drops it (its entry is
 garbage-collected), and changing the vocabulary re-checks every file. Rules 3 and 4 and
-the run-date rule always run over all rows: they depend on every file and on the date.
-The cache is derived state under the processed folder; deleting it is always safe.
+the run-date rule depend on every file and on the date: they build on the last run's
+settled state (:mod:`pipelines.ingest.state`), kept beside these entries. The cache is
+derived state under the processed folder; deleting it is always safe.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -116,6 +118,25 @@ class IngestCache:
         self.seen[relpath] = known
         self.hits += 1
         return meta
+
+    def known_sha256(self, relpath: str, path: Path) -> str | None:
+        """The sha256 of a file's content: from the manifest when its size and mtime are
+        unchanged, else by reading it. The file is remembered as seen (its entry kept)."""
+        try:
+            signature = self._signature(path)
+            known = self.manifest.get(relpath)
+            if known and all(known.get(k) == v for k, v in signature.items()):
+                sha256 = known["sha256"]
+            else:
+                digest = hashlib.sha256()
+                with open(path, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+                sha256 = digest.hexdigest()
+        except OSError:
+            return None
+        self.seen[relpath] = {**signature, "sha256": sha256}
+        return sha256
 
     def store(self, relpath: str, path: Path, table: str, parsed: dict, signature: dict | None) -> None:
         """Remember a fresh parse (``signature``: size and mtime seen before the file was read)."""

@@ -26,10 +26,13 @@ import numpy as np
 import polars as pl
 
 from pipelines.ingest.cache import IngestCache
-from pipelines.ingest.keys import ACCEPTED, STATUS_NAMES, settle_keys
+from pipelines.ingest.keys import ACCEPTED, REJECTED, STATUS_NAMES, settle_keys
 from pipelines.ingest.privacy import mask_expr
 from pipelines.ingest.reader import RawFile, ReadFile, RefusedFile, discover, read_file
 from pipelines.ingest.spec import TABLE_ORDER, TABLES, TableSpec
+from pipelines.ingest.state import (
+    SettledState, StateUnreadable, TableState, load_state, save_state, state_identity,
+)
 from pipelines.ingest.validate import _reason as _rule
 from pipelines.ingest.validate import (
     check_rows, failing_rows, rows_schema, run_date_rules, side_schema, with_raw,
@@ -60,6 +63,12 @@ class IngestResult:
     pain_scores: pl.DataFrame
     rejected: pl.DataFrame
     audit: pl.DataFrame
+    #: how the keys were settled: None when every row was, else what was settled again
+    incremental: str | None = None
+    #: why every row was settled (None when incremental)
+    full_reason: str | None = None
+    #: waits for the cache and the state being written (ingest_folder's ``background``)
+    finish: Callable[[], None] = lambda: None
 
     def table(self, name: str) -> pl.DataFrame:
         return getattr(self, name)
@@ -235,89 +244,141 @@ def _gather(frame: pl.DataFrame, positions: np.ndarray) -> pl.DataFrame:
     return frame.select(pl.all().gather(positions))
 
 
-def _settle_table(spec: TableSpec, parts: dict[str, list], today: date, accepted: dict[str, pl.DataFrame],
-                  source_files: pl.Series) -> tuple[pl.DataFrame, list[pl.DataFrame], np.ndarray]:
+@dataclass
+class TableOutcome:
+    """What rules 2 (run date), 3 and 4 made of one table's rows (:func:`_settle_table`)."""
+
+    #: accepted rows (contract columns, ``line``, ``file_idx`` and ``_h``, the key's hash), in file order
+    accepted: pl.DataFrame
+    #: rejected rows (``file_idx``, ``line``, ``reasons``, ``raw_<col>``) by rule 2 (the row
+    #: on its own, with the run date), and by rules 3 and 4
+    rejected_alone: list[pl.DataFrame]
+    rejected_later: list[pl.DataFrame]
+    #: per file: rows accepted, duplicate, superseded, ``[file_idx, status]``
+    counts: np.ndarray
+    #: the other rows that passed rule 2: duplicate, superseded or rejected by rules 3 and 4
+    #: (contract columns, ``file_idx``, ``line``, ``_h``, ``status``), in file order
+    others: pl.DataFrame
+    #: side rows (:func:`check_rows`) of rows failing rule 2 apart from the run date (with
+    #: ``reasons``), and of passing rows whose raw cells do not print back (``kept``)
+    failed: pl.DataFrame
+    kept: pl.DataFrame
+    #: rows that passed rule 2 apart from the run date, and failed that (typed, ``file_idx``)
+    future: pl.DataFrame
+
+
+def key_hash(table: str, rows: pl.DataFrame) -> pl.Series:
+    """The 64-bit hash of each row's key (:func:`_key`), as :func:`settle_keys` groups rows."""
+    key, _ = _key(table)
+    return rows.select(pl.struct([k.alias(f"_k{i}") for i, k in enumerate(key)]).hash().alias("_h")).to_series()
+
+
+def _settle_table(spec: TableSpec, rows: pl.DataFrame, side: pl.DataFrame, today: date,
+                  accepted: dict[str, pl.DataFrame], source_files: pl.Series) -> TableOutcome:
     """Rules 2 (run date), 3 and 4 for one table.
 
-    ``parts``: per file (``idx``), the rows that passed the rest of rule 2 (``rows``, typed)
-    and the ``side`` table (:func:`check_rows`); emptied here, so that each column of the
-    rows is freed once its accepted values are taken. Returns the accepted rows (in file
-    order, as output), the rejected rows (``file_idx``, ``line``, ``reasons``,
-    ``raw_<col>``) and the counts of accepted, duplicate and superseded rows per file
-    (``[file_idx, status]``).
+    ``rows``: the rows that passed the rest of rule 2 (typed, with ``file_idx`` and ``line``),
+    in file order; ``side``: their side table (:func:`check_rows`, with ``file_idx``). Every
+    row of a key must be here (rule 4 settles a key over all its rows). Each column of
+    ``rows`` is freed once its values are taken.
     """
-    rows = _concat(parts["rows"], parts["idx"], rows_schema(spec))
-    side = _concat(parts["side"], parts["idx"], side_schema(spec))
-    parts.clear()
     raw_columns = [f"raw_{c}" for c in spec.names]
     out_columns = ["file_idx", "line", "reasons", *raw_columns]
     failed = side.filter(pl.col("reasons").list.len() > 0)
     kept = side.filter(pl.col("reasons").list.len() == 0)
     del side
     date_rules = run_date_rules(spec, today)
-    rejected: list[pl.DataFrame] = []
+    alone: list[pl.DataFrame] = []
+    later: list[pl.DataFrame] = []
     # rows are not filtered (a copy of every column) but marked: rows still in the running
     alive = np.ones(rows.height, dtype=bool)
 
     # rule 2, the run date: added to the reasons of rows failing already, and rejecting others
     passing_failed, failed_later = failing_rows(failed, date_rules, existing="reasons")
-    rejected += [passing_failed.select(out_columns), failed_later.select(out_columns)]
+    alone += [passing_failed.select(out_columns), failed_later.select(out_columns)]
+    future_rows = rows.clear().select(*rows_schema(spec), "file_idx")
     if date_rules:
         future = _flagged(rows, date_rules)
         if future.any():
-            _, bad = failing_rows(with_raw(_gather(rows, np.flatnonzero(future)), kept, spec), date_rules)
-            rejected.append(bad.select(out_columns))
+            future_rows = _gather(rows, np.flatnonzero(future)).select(*rows_schema(spec), "file_idx")
+            _, bad = failing_rows(with_raw(future_rows, kept, spec), date_rules)
+            alone.append(bad.select(out_columns))
             alive &= ~future
+    candidate = alive.copy()
 
     # rule 3, references
     looked_up, rules = _reference_rules(spec.name, rows, accepted)
+    broken = np.zeros(rows.height, dtype=bool)
     if rules:
         broken = _flagged(looked_up, rules) & alive
         if broken.any():
             _, bad = failing_rows(_gather(looked_up, np.flatnonzero(broken)), rules)
-            rejected.append(with_raw(bad.select(rows.columns + ["reasons"]), kept, spec).select(out_columns))
+            later.append(with_raw(bad.select(rows.columns + ["reasons"]), kept, spec).select(out_columns))
             alive &= ~broken
     del looked_up
 
     # rule 4, keys
     key, label = _key(spec.name)
-    status, conflicts = settle_keys(rows, key, spec.names, alive)
+    hashed = key_hash(spec.name, rows)
+    status, conflicts = settle_keys(rows, key, spec.names, alive, hashed=hashed)
     if conflicts.height:
         conflicts = conflicts.sort("_i")
         reason = pl.concat_str([label, pl.lit(": different versions of this key in the same file (lines "),
                                 pl.col("_lines"), pl.lit("), keep one version per export")])
         bad = _gather(rows, conflicts["_i"].to_numpy()).with_columns(conflicts["_lines"]).with_columns(
             pl.concat_list([reason]).alias("reasons"))
-        rejected.append(with_raw(bad, kept, spec).select(out_columns))
+        later.append(with_raw(bad, kept, spec).select(out_columns))
     file_idx = rows["file_idx"].to_numpy()
-    counts = np.bincount(file_idx[alive].astype(np.int64) * 4 + status[alive],
-                         minlength=4 * len(source_files)).reshape(-1, 4)
+    settled = alive & (status < REJECTED)  # conflicts inside a file are counted as rejected rows
+    counts = np.bincount(file_idx[settled].astype(np.int64) * 3 + status[settled],
+                         minlength=3 * len(source_files)).reshape(-1, 3)
+    status[broken] = REJECTED
+    take = pl.Series(candidate & (status == ACCEPTED))
+    other = pl.Series(candidate & (status != ACCEPTED))
+    del file_idx, alive, broken, settled
+    others = rows.select(*spec.names, "file_idx", "line").with_columns(
+        hashed, pl.Series("status", status, dtype=pl.UInt8)).filter(other)
+    del status
     # the accepted rows as output, column by column, each column of rows freed once taken
-    take = pl.Series(alive & (status == ACCEPTED))
-    del file_idx, alive, status
     out = []
     for name in [*spec.names, "file_idx", "line"]:
         out.append(rows.get_column(name).filter(take))
         rows = rows.drop(name)
-    table = pl.DataFrame(out[:-2] + [_source_file(out[-2], source_files), out[-1]])
-    return table, rejected, counts
+    table = pl.DataFrame(out[:-2] + [out[-1], out[-2], hashed.filter(take)])
+    return TableOutcome(accepted=table, rejected_alone=alone, rejected_later=later, counts=counts,
+                        others=others, failed=failed, kept=kept, future=future_rows)
 
 
 def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | None = None,
-                  cache_dir: str | Path | None = None) -> IngestResult:
+                  cache_dir: str | Path | None = None, background: bool = False,
+                  use_state: bool = True) -> IngestResult:
     """Read, validate and settle every export file under ``raw_dir`` (never modified).
 
     With ``cache_dir``, files unchanged since an earlier run are not read again
-    (:mod:`pipelines.ingest.cache`); the result is the same either way.
+    (:mod:`pipelines.ingest.cache`), and when the files are the last run's plus new ones,
+    only the keys the new files touch are settled again (:mod:`pipelines.ingest.state`);
+    the result is the same either way. ``IngestResult.incremental`` says which happened.
+
+    With ``background``, the cache and the state are still being written when this
+    returns (while the caller writes the tables): call ``IngestResult.finish()``.
     """
     vocabulary = vocabulary or Vocabulary.load()
     raw_dir = Path(raw_dir)
     cache = IngestCache(cache_dir, vocabulary.fingerprint()) if cache_dir is not None else None
     files = discover(raw_dir)
+    previous, old_files, why = None, {}, "no ingest cache"
+    if cache is not None:
+        identity = state_identity(vocabulary.fingerprint())
+        previous = load_state(Path(cache_dir) / "settled", identity) if use_state else None
+        why = "no usable state of the last run" if use_state else "the last run's state was damaged"
+        if previous is not None:
+            old_files, why = _match_previous(previous, files, today, cache)
+            if why:
+                previous, old_files = None, {}
     results: dict[int, dict] = {}
     pending: list[tuple[int, RawFile, dict | None]] = []
     for file_idx, raw in enumerate(files):
-        if raw.table is None:
+        if raw.table is None or file_idx in old_files:
             continue
         cached = cache.load(raw.relpath, raw.path, raw.table) if cache and not raw.refusal else None
         if cached is not None:
@@ -339,21 +400,113 @@ def ingest_folder(raw_dir: str | Path, today: date, vocabulary: Vocabulary | Non
         if storing is not None and not raw.refusal:
             stored.append(storing.submit(cache.store, raw.relpath, raw.path, raw.table, parsed, signature))
 
+    def finish() -> None:
+        try:
+            for future in stored:
+                future.result()
+        finally:
+            if storing is not None:
+                storing.shutdown(wait=True, cancel_futures=True)
+        if cache is not None:
+            cache.finish()
+
     try:
         parse_files([p[1] for p in pending], vocabulary, on_parsed=store)
-        result = _settle(files, results, today)
-        for future in stored:
-            future.result()
-    finally:
+        result, state = _settle(files, results, today, previous, old_files)
+        if cache is not None:
+            stored.append(storing.submit(save_state, Path(cache_dir) / "settled", state, identity))
+        del state
+    except StateUnreadable:
+        finish()
+        return ingest_folder(raw_dir, today, vocabulary, cache_dir, background, use_state=False)
+    except BaseException:
         if storing is not None:
             storing.shutdown(wait=True, cancel_futures=True)
-    if cache is not None:
-        cache.finish()
+        raise
+    new_files = sum(1 for i, raw in enumerate(files) if raw.table is not None and i not in old_files)
+    result.incremental = None if previous is None else (
+        f"{len(old_files)} files as settled last run; settled again what {new_files} new file(s) touch")
+    result.full_reason = why if previous is None else None
+    if background:
+        result.finish = finish
+    else:
+        finish()
     return result
 
 
-def _settle(files: list[RawFile], results: dict[int, dict], today: date) -> IngestResult:
-    """Rules 2 (run date), 3 and 4 over the parsed files, in order; the audit."""
+def _match_previous(previous: SettledState, files: list[RawFile], today: date,
+                    cache: IngestCache) -> tuple[dict[int, int], str | None]:
+    """Which of ``files`` are the last run's ingested files, unchanged (``{new index: old
+    index}``), or why the last run's state cannot be built on."""
+    if today < previous.today:
+        return {}, f"the run date {today} is earlier than the last run's ({previous.today})"
+    position = {entry["source_file"]: i for i, entry in enumerate(previous.files)}
+    mapping: dict[int, int] = {}
+    for file_idx, raw in enumerate(files):
+        old = position.pop(raw.relpath, None)
+        if old is None or previous.files[old]["status"] != "ingested":
+            continue  # new, or without rows last time: read like a new file
+        if raw.refusal:
+            return {}, f"{raw.relpath} is refused now"
+        if cache.known_sha256(raw.relpath, raw.path) != previous.files[old]["sha256"]:
+            return {}, f"{raw.relpath} changed"
+        mapping[file_idx] = old
+    for relpath, old in position.items():
+        if previous.files[old]["status"] == "ingested":
+            return {}, f"{relpath} is gone"
+    return mapping, None
+
+
+def _order(frame: pl.DataFrame) -> pl.Series:
+    """Each row's place in file order, as one integer (and its status, where it has one)."""
+    order = pl.col("file_idx").cast(pl.Int64) * (1 << 32) + pl.col("line")
+    if "status" in frame.columns:
+        order = order * 4 + pl.col("status").cast(pl.Int64)
+    return frame.select(order).to_series()
+
+
+def _splice(old: pl.DataFrame, again: np.ndarray, settled: pl.DataFrame) -> pl.DataFrame:
+    """``old`` (in file order) with its rows ``again`` replaced by ``settled`` (in file order).
+
+    Most rows settled again keep their place (an old row settled as it was, status and all),
+    so they stay where they are; the others leave, and the rows that are new to ``old`` are appended
+    when they all come after it in file order (one week's new files), else merged in.
+    """
+    if not again.any():
+        keep, new = np.ones(old.height, dtype=bool), settled
+    else:
+        positions = np.flatnonzero(again)
+        stays = _order(old[positions]).is_in(_order(settled).implode()).to_numpy()
+        keep = ~again
+        keep[positions[stays]] = True
+        new = settled.filter(~_order(settled).is_in(_order(old[positions[stays]]).implode()))
+    # rows before the first one leaving are taken as they are (a slice shares memory)
+    first = int(np.argmin(keep)) if not keep.all() else old.height
+    kept = pl.concat([old.slice(0, first), old.slice(first).filter(pl.Series(keep[first:]))], rechunk=False)
+    if new.height == 0:
+        return kept
+    if kept.height == 0 or _order(new).min() > _order(kept.tail(1)).item():
+        return pl.concat([kept, new], rechunk=False)
+    with_order = (pl.col("file_idx").cast(pl.Int64) * (1 << 32) + pl.col("line")).alias("_o")
+    return kept.with_columns(with_order).merge_sorted(new.with_columns(with_order), key="_o").drop("_o")
+
+
+#: the columns of an accepted row that rule 3 reads in the tables after it
+REFERENCED = {"episodes": ["episode_id", "referral_date"], "sessions": ["session_id", "episode_id"]}
+
+
+def _settle(files: list[RawFile], results: dict[int, dict], today: date, previous: SettledState | None = None,
+            old_files: dict[int, int] | None = None) -> tuple[IngestResult, SettledState]:
+    """Rules 2 (run date), 3 and 4 over the parsed files, in order; the audit; and the state
+    a later run settles from.
+
+    ``results``: the parsed files (:func:`parse_files`) but those in ``old_files`` (``{file
+    index: index in previous.files}``), whose rows ``previous`` holds settled. Rows of old
+    files are settled again only where their key is touched by a row of a parsed file, by
+    a row that may pass the run date now, or by a changed row they reference; all other
+    old rows keep their status.
+    """
+    old_files = old_files or {}
     file_rows: list[dict] = []
     parts: dict[str, dict[str, list]] = {t: {"rows": [], "side": [], "idx": []} for t in TABLE_ORDER}
     ragged: list[pl.DataFrame] = []
@@ -364,6 +517,10 @@ def _settle(files: list[RawFile], results: dict[int, dict], today: date) -> Inge
         if raw.table is None:
             entry["reason"] = "name does not match episodes*, sessions* or pain_scores* (.csv or .parquet)"
             continue
+        if file_idx in old_files:
+            old = previous.files[old_files[file_idx]]
+            entry.update(status=old["status"], reason=old["reason"], sha256=old["sha256"])
+            continue
         parsed = results.pop(file_idx)
         entry.update(status=parsed["status"], reason=parsed["reason"], sha256=parsed["sha256"])
         if parsed["status"] != "ingested":
@@ -373,28 +530,98 @@ def _settle(files: list[RawFile], results: dict[int, dict], today: date) -> Inge
         table["side"].append(parsed["side"])
         table["idx"].append(file_idx)
         if parsed["ragged"].height:
-            ragged.append(parsed["ragged"].with_columns(pl.lit(raw.relpath).alias("source_file"),
+            ragged.append(parsed["ragged"].with_columns(pl.lit(file_idx, dtype=pl.Int32).alias("file_idx"),
                                                        pl.lit(raw.table).alias("table")))
 
     source_files = pl.Series("source_file", [f.relpath for f in files], dtype=pl.String)
+    counts = np.zeros((len(files), 3), dtype=np.int64)
+    ragged_schema = {"file_idx": pl.Int32, "line": pl.Int64, "table": pl.String, "reasons": pl.String,
+                     "raw": pl.String}
+    ragged_rows = pl.concat([r.select(list(ragged_schema)) for r in ragged] or [pl.DataFrame(schema=ragged_schema)])
+    if previous is not None:
+        old_to_new = np.full(len(previous.files), -1, dtype=np.int64)
+        for new, old in old_files.items():
+            old_to_new[old] = new
+            counts[new] = previous.counts[old]
+        previous_ragged = TableState.remap_frame(previous.ragged, old_to_new)
+        ragged_rows = pl.concat([previous_ragged, ragged_rows]).sort("file_idx", "line")
     accepted: dict[str, pl.DataFrame] = {}
-    counts = np.zeros((len(files), 4), dtype=np.int64)
-    rejected: list[pl.DataFrame] = [r.select(list(REJECTED_SCHEMA)) for r in ragged]
+    changed: dict[str, pl.Series] = {}
+    state_tables: dict[str, TableState] = {}
+    rejected: list[pl.DataFrame] = [ragged_rows.select(
+        _source_file(ragged_rows["file_idx"], source_files), "line", "table", "reasons", "raw")]
     for table in TABLE_ORDER:
         spec = TABLES[table]
-        accepted[table], bad, table_counts = _settle_table(spec, parts.pop(table), today, accepted, source_files)
-        counts += table_counts
+        table_parts = parts.pop(table)
+        rows = _concat(table_parts["rows"], table_parts["idx"], rows_schema(spec))
+        side = _concat(table_parts["side"], table_parts["idx"], side_schema(spec))
+        del table_parts
+        old = previous.table(table).remapped(old_to_new) if previous is not None else None
+        if old is not None:
+            # the keys to settle again: touched by a new row or by a row that may pass the
+            # run date now, or held by a row whose referenced episode or session changed
+            touched = [key_hash(table, rows), key_hash(table, old.future)]
+            if table != "episodes":
+                refer = pl.col("episode_id").is_in(changed["episodes"].implode())
+                if table == "pain_scores":
+                    refer = refer | pl.col("session_id").is_in(changed["sessions"].implode())
+                touched += [old.accepted.filter(refer).get_column("_h"), old.others.filter(refer).get_column("_h")]
+            keys = pl.concat(touched).unique()
+            in_acc = old.accepted.get_column("_h").is_in(keys.implode())
+            in_oth = old.others.get_column("_h").is_in(keys.implode())
+            again_acc, again_oth = old.accepted.filter(in_acc), old.others.filter(in_oth)
+            columns = [*rows_schema(spec), "file_idx"]
+            rows = pl.concat([again_acc.select(columns), again_oth.select(columns), old.future.select(columns),
+                              rows]).sort("file_idx", "line")
+            side = pl.concat([old.failed, old.kept, side])
+            # the rows settled again leave the counts and the rejected rows they were in
+            for frame in (again_acc.with_columns(pl.lit(ACCEPTED, dtype=pl.UInt8).alias("status")),
+                          again_oth.filter(pl.col("status") < REJECTED)):
+                idx = frame.get_column("file_idx").to_numpy().astype(np.int64)
+                st = frame.get_column("status").to_numpy().astype(np.int64)
+                counts -= np.bincount(idx * 3 + st, minlength=3 * len(files)).reshape(-1, 3)
+            later_kept = old.later.join(again_oth.filter(pl.col("status") == REJECTED).select("file_idx", "line"),
+                                        on=["file_idx", "line"], how="anti")
+        outcome = _settle_table(spec, rows, side, today, accepted, source_files)
+        del rows, side
+        counts += outcome.counts
+        if old is not None:
+            table_accepted = _splice(old.accepted, in_acc.to_numpy(), outcome.accepted)
+            others = _splice(old.others, in_oth.to_numpy(), outcome.others)
+            later = pl.concat([later_kept, *outcome.rejected_later])
+            if table in REFERENCED:
+                cols = REFERENCED[table]
+                before, after = again_acc.select(cols), outcome.accepted.select(cols)
+                changed[table] = pl.concat([
+                    before.join(after, on=cols, how="anti", nulls_equal=True),
+                    after.join(before, on=cols, how="anti", nulls_equal=True)]).get_column(cols[0]).unique()
+            del old, again_acc, again_oth, in_acc, in_oth
+        else:
+            table_accepted, others = outcome.accepted, outcome.others
+            later = pl.concat([pl.DataFrame(schema=_later_schema(spec)), *outcome.rejected_later])
+        accepted[table] = table_accepted
+        state_tables[table] = TableState(accepted=table_accepted, others=others, later=later,
+                                         failed=outcome.failed, kept=outcome.kept, future=outcome.future)
         raw_json = pl.struct([mask_expr(pl.col(f"raw_{c}")).alias(c) for c in spec.names]).struct.json_encode()
-        bad_rows = pl.concat(bad, how="vertical")
+        bad_rows = pl.concat([*outcome.rejected_alone, later], how="vertical")
         rejected.append(bad_rows.select(
             _source_file(bad_rows["file_idx"], source_files), "line", pl.lit(table).alias("table"),
             pl.col("reasons").list.join("; ").alias("reasons"), raw_json.alias("raw")))
+        del outcome
 
     rejected_df = pl.concat([r.cast(REJECTED_SCHEMA) for r in rejected], how="vertical")
     rejected_df = rejected_df.sort("source_file", "line")
     audit = _audit(file_rows, counts, rejected_df)
-    return IngestResult(episodes=accepted["episodes"], sessions=accepted["sessions"],
-                        pain_scores=accepted["pain_scores"], rejected=rejected_df, audit=audit)
+    output = {t: accepted[t].select(*TABLES[t].names, _source_file(accepted[t]["file_idx"], source_files), "line")
+              for t in TABLE_ORDER}
+    state = SettledState(files=file_rows, today=today, ragged=ragged_rows, counts=counts, tables=state_tables)
+    return IngestResult(episodes=output["episodes"], sessions=output["sessions"],
+                        pain_scores=output["pain_scores"], rejected=rejected_df, audit=audit), state
+
+
+def _later_schema(spec: TableSpec) -> dict:
+    return {"file_idx": pl.Int32, "line": pl.Int64, "reasons": pl.List(pl.String),
+            **{f"raw_{c}": pl.String for c in spec.names}}
 
 
 def _source_file(file_idx: pl.Series, source_files: pl.Series) -> pl.Series:

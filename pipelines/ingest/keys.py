@@ -20,7 +20,7 @@ def _same(column: str, dtype: pl.DataType, other: pl.Expr) -> pl.Expr:
 
 
 def settle_keys(rows: pl.DataFrame, key: list[pl.Expr], content_columns: list[str],
-                alive: np.ndarray | None = None) -> tuple[np.ndarray, pl.DataFrame]:
+                alive: np.ndarray | None = None, hashed: pl.Series | None = None) -> tuple[np.ndarray, pl.DataFrame]:
     """The status of every row (accepted / duplicate / superseded / rejected, as codes).
 
     ``rows`` passed rules 2 and 3, carries ``file_idx`` (file order) and ``line`` and is in
@@ -30,6 +30,8 @@ def settle_keys(rows: pl.DataFrame, key: list[pl.Expr], content_columns: list[st
     files the last file's representative is accepted and earlier ones are duplicates if
     equal, else superseded. Versions are compared on their normalised ``content_columns``,
     exactly.
+
+    ``hashed``: the 64-bit hash of each row's key, as computed here when not given.
 
     Returns the status codes (aligned with ``rows``; meaningless where not ``alive``) and,
     for the rejected rows, a frame with their position ``_i`` and the ``_lines`` of their
@@ -43,8 +45,9 @@ def settle_keys(rows: pl.DataFrame, key: list[pl.Expr], content_columns: list[st
     key_names = [f"_k{i}" for i in range(len(key))]
     # a key seen once is accepted as it is; a hash finds the (few) shared keys cheaply, and
     # everything after compares the keys themselves (a hash collision only costs time)
-    hashed = rows.select(
-        pl.struct([k.alias(name) for k, name in zip(key, key_names)]).hash().alias("_h")).to_series()
+    if hashed is None:
+        hashed = rows.select(
+            pl.struct([k.alias(name) for k, name in zip(key, key_names)]).hash().alias("_h")).to_series()
     if alive is None:
         shared = np.flatnonzero(hashed.is_duplicated().to_numpy())
     else:

@@ -38,19 +38,27 @@ def ingest(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_se
            run_guard: RunGuard):
     settings = analysis_settings.to_settings()
     today = paths.run_date(settings.timezone)
+    # the ingest cache and settled state are written while the tables are (result.finish)
     result = ingest_folder(paths.raw_dir, today=today, vocabulary=paths.vocabulary(),
-                           cache_dir=paths.ingest_cache_dir())
-    audit = result.audit
-    files = {status: int((audit["status"] == status).sum()) for status in ("ingested", "refused", "ignored")}
-    context.log.info(f"ingest: {files['ingested']} files ingested, {files['refused']} refused, "
-                     f"{files['ignored']} ignored; {result.rejected.height} rows rejected")
-    for name in ("episodes", "sessions", "pain_scores"):
-        frame = result.table(name)
-        yield dg.Output(frame, output_name=name, metadata={"run_date": today.isoformat()})
-    yield dg.Output(result.rejected, output_name="rejected_rows", metadata={
-        "by_table": dg.MetadataValue.json(
-            {t: int((result.rejected["table"] == t).sum()) for t in ("episodes", "sessions", "pain_scores")})})
-    yield dg.Output(audit, output_name="ingest_audit", metadata={
-        **{f"files_{k}": v for k, v in files.items()},
-        "audit": dg.MetadataValue.md(audit.drop("reason").to_pandas().to_markdown(index=False)),
-    })
+                           cache_dir=paths.ingest_cache_dir(), background=True)
+    try:
+        audit = result.audit
+        files = {status: int((audit["status"] == status).sum()) for status in ("ingested", "refused", "ignored")}
+        context.log.info(f"ingest: {files['ingested']} files ingested, {files['refused']} refused, "
+                         f"{files['ignored']} ignored; {result.rejected.height} rows rejected")
+        settled = (f"incremental: {result.incremental}" if result.incremental
+                   else f"every row settled: {result.full_reason}")
+        context.log.info(f"ingest: {settled}")
+        for name in ("episodes", "sessions", "pain_scores"):
+            frame = result.table(name)
+            yield dg.Output(frame, output_name=name, metadata={"run_date": today.isoformat()})
+        yield dg.Output(result.rejected, output_name="rejected_rows", metadata={
+            "by_table": dg.MetadataValue.json(
+                {t: int((result.rejected["table"] == t).sum()) for t in ("episodes", "sessions", "pain_scores")})})
+        yield dg.Output(audit, output_name="ingest_audit", metadata={
+            **{f"files_{k}": v for k, v in files.items()},
+            "audit": dg.MetadataValue.md(audit.drop("reason").to_pandas().to_markdown(index=False)),
+            "settled": settled,
+        })
+    finally:
+        result.finish()

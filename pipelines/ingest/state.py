@@ -1,0 +1,175 @@
+"""The settled state of the last ingest: what rules 3 and 4 need to settle only what changed.
+
+The per-file cache (:mod:`pipelines.ingest.cache`) spares a weekly run the parsing and the
+row rules of the files it has seen; but keys are settled across files and references
+across tables, so without this state every row would be settled again each run. After
+each run the state keeps, per table:
+
+* ``accepted``: the accepted rows, with their file (``file_idx``), line and the hash of
+  their key (``_h``);
+* ``others``: every other row that passed rule 2 (duplicate, superseded, or rejected by
+  rules 3 or 4), with its status;
+* ``later``: the rejected-row records of the rows rejected by rules 3 and 4;
+* the rows rule 2 concerns on a later day: the side rows of rows failing rule 2
+  (``failed``), which the run date adds reasons to, and the rows that failed only the run
+  date (``future``), which a later run date may accept; and the raw cells of passing rows
+  that do not print back (``kept``);
+
+and, for the run: the audit entries of every file, the per-file status counts, the ragged
+lines' rejected rows and the run date.
+
+A run whose files are the last run's files (same path, same content) plus new ones
+settles again only the keys the new files touch, the keys of rows that may pass the run
+date now, and the rows whose referenced episode or session changed
+(:func:`pipelines.ingest.core._settle`): the result is the same as settling every row,
+which the tests check on random folders. Anything else (a file changed or deleted, a run
+date earlier than the last, another vocabulary, rules, code or polars version) settles
+everything. The state is derived: it is written to a new folder that replaces the old one
+with a rename, read back only when every part is intact, and deleting it is always safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass, field, fields
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+import pipelines
+
+STATE_FORMAT = "outcomes-ingest-settled-1"
+#: the frames of one table's state (TableState's fields)
+TABLE_PARTS = ("accepted", "others", "later", "failed", "kept", "future")
+
+
+@dataclass
+class TableState:
+    accepted: pl.DataFrame
+    others: pl.DataFrame
+    later: pl.DataFrame
+    failed: pl.DataFrame
+    kept: pl.DataFrame
+    future: pl.DataFrame
+
+    def remapped(self, old_to_new: np.ndarray) -> "TableState":
+        """The same rows with ``file_idx`` renumbered (``old_to_new[old]``, order-preserving)."""
+        return TableState(**{f.name: self.remap_frame(getattr(self, f.name), old_to_new) for f in fields(self)})
+
+    @staticmethod
+    def remap_frame(frame: pl.DataFrame, old_to_new: np.ndarray) -> pl.DataFrame:
+        lookup = pl.Series(old_to_new.astype(np.int32))
+        return frame.with_columns(lookup.gather(frame.get_column("file_idx").cast(pl.UInt32)).alias("file_idx"))
+
+
+class StateUnreadable(Exception):
+    """A part of the state read back damaged: settle everything instead."""
+
+
+@dataclass
+class SettledState:
+    #: audit entries of every discovered file, in file order (source_file, table, status, reason, sha256)
+    files: list[dict]
+    today: date
+    #: rejected rows of ragged lines (REJECTED_SCHEMA columns with ``file_idx`` for source_file)
+    ragged: pl.DataFrame
+    #: per file: accepted, duplicate, superseded rows, as ``[file_idx, status]``
+    counts: np.ndarray
+    #: the tables' states (a loaded state reads each only when asked, :meth:`table`)
+    tables: dict[str, TableState] = field(default_factory=dict)
+    folder: Path | None = None
+    parts: dict = field(default_factory=dict)
+
+    def table(self, name: str) -> TableState:
+        """One table's state, read now (one at a time keeps memory to one table's state);
+        raises :class:`StateUnreadable` when a part is damaged."""
+        if name in self.tables:
+            return self.tables.pop(name)
+        return TableState(**{part: _read_part(self.folder, f"{name}.{part}", self.parts) for part in TABLE_PARTS})
+
+
+def state_identity(vocabulary_fingerprint: str) -> dict:
+    """What a state is valid for: its format, the ingest rules and code, the vocabulary and
+    the polars version (the key hashes are polars' own)."""
+    from pipelines.ingest.cache import RULES_VERSION
+
+    root = Path(pipelines.__file__).parent / "ingest"
+    digest = hashlib.sha256()
+    for path in sorted(root.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return {"format": STATE_FORMAT, "rules": RULES_VERSION, "code": digest.hexdigest(),
+            "vocabulary": vocabulary_fingerprint, "polars": pl.__version__}
+
+
+def save_state(folder: Path, state: SettledState, identity: dict) -> None:
+    """Write the state to a new folder beside ``folder``, then put it in place with renames."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", dir=folder.parent))
+    try:
+        parts = {}
+        frames = {f"{table}.{part}": getattr(ts, part) for table, ts in state.tables.items() for part in TABLE_PARTS}
+        frames["ragged"] = state.ragged
+        frames["counts"] = pl.DataFrame({f"s{i}": state.counts[:, i] for i in range(state.counts.shape[1])})
+        for name, frame in frames.items():
+            path = tmp / f"{name}.parquet"
+            # light compression: read back whole next run, written every run
+            frame.write_parquet(path, compression="lz4", statistics=False)
+            parts[name] = _check(path)
+        meta = {**identity, "today": state.today.isoformat(), "files": state.files, "parts": parts}
+        (tmp / "state.json").write_text(json.dumps(meta))
+        old = folder.with_name(f".{folder.name}.old.{os.getpid()}")
+        if folder.exists():
+            os.rename(folder, old)
+        os.rename(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_state(folder: Path, identity: dict) -> SettledState | None:
+    """The state in ``folder`` if it is made for ``identity`` (its tables are read later,
+    :meth:`SettledState.table`), else None."""
+    try:
+        meta = json.loads((folder / "state.json").read_text())
+        if any(meta.get(k) != v for k, v in identity.items()):
+            return None
+        parts = meta["parts"]
+        if set(parts) != {f"{t}.{p}" for t in ("episodes", "sessions", "pain_scores") for p in TABLE_PARTS} | {
+                "ragged", "counts"}:
+            return None
+        counts = _read_part(folder, "counts", parts).to_numpy().astype(np.int64).reshape(-1, 3)
+        files = meta["files"]
+        if counts.shape[0] != len(files):
+            return None
+        return SettledState(files=files, today=date.fromisoformat(meta["today"]),
+                            ragged=_read_part(folder, "ragged", parts), counts=counts, folder=folder, parts=parts)
+    except (OSError, ValueError, KeyError, TypeError, StateUnreadable, pl.exceptions.PolarsError):
+        return None
+
+
+def _check(path: Path) -> list:
+    """Length and CRC-32 of a part's file: a torn or altered part reads as no state."""
+    crc, length = 0, 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            crc = zlib.crc32(block, crc)
+            length += len(block)
+    return [length, crc]
+
+
+def _read_part(folder: Path, name: str, parts: dict) -> pl.DataFrame:
+    path = folder / f"{name}.parquet"
+    try:
+        if _check(path) != parts[name]:
+            raise StateUnreadable(f"{path}: damaged")
+        return pl.read_parquet(path)
+    except (OSError, KeyError, pl.exceptions.PolarsError) as exc:
+        raise StateUnreadable(f"{path}: {exc}") from exc

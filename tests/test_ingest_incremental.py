@@ -1,0 +1,180 @@
+"""Incremental settlement (pipelines.ingest.state): a run that builds on the last run's
+settled state gives exactly what settling every row gives.
+
+1. Random folders (the junk and near-valid files of test_ingest_property, whose few ids
+   collide across files all the time), then more random files anywhere in the file order
+   and a later (or, sometimes, earlier) run date: the cached run equals a run without any
+   cache, table for table, row for row; and so does a third run with nothing new.
+2. Hand-made cases where new files change what old rows reference: an episode corrected
+   to a later referral date rejects an old session; an episode arriving late accepts old
+   orphan sessions and scores; a later run date accepts a row that was in the future.
+3. What must settle everything: a changed, deleted or refused file, an earlier run date,
+   a damaged or foreign state; and the results still equal.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import date, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+from test_ingest_property import TODAY, raw_folder
+
+from pipelines.ingest import ingest_folder
+
+TABLES = ("episodes", "sessions", "pain_scores", "rejected", "audit")
+
+
+def assert_same(got, want):
+    for name in TABLES:
+        assert_frame_equal(got.table(name), want.table(name), check_exact=True), name
+
+
+def write(raw: Path, files: dict) -> None:
+    for relpath, content in files.items():
+        path = raw / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content[0] if isinstance(content, tuple) else content)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(first=raw_folder(), later=raw_folder(), prefix=st.sampled_from(["", "0/", "sub0/", "zz/", "2026-05/"]),
+       days=st.sampled_from([0, 0, 1, 7, 30, 400, -1]))
+def test_a_run_on_the_last_runs_state_equals_settling_every_row(first, later, prefix, days):
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, cache = Path(tmp) / "raw", Path(tmp) / "cache"
+        raw.mkdir()
+        day1 = TODAY - timedelta(days=14)
+        write(raw, first)
+        assert_same(ingest_folder(raw, day1, cache_dir=cache), ingest_folder(raw, day1))
+        # more files anywhere in the file order (a path already there is a changed file)
+        write(raw, {prefix + path: content for path, content in later.items()})
+        day2 = day1 + timedelta(days=days)
+        second = ingest_folder(raw, day2, cache_dir=cache)
+        assert_same(second, ingest_folder(raw, day2))
+        event(f"incremental: {second.incremental is not None}")
+        if days < 0:
+            assert second.incremental is None and "earlier" in second.full_reason
+        third = ingest_folder(raw, day2, cache_dir=cache)
+        assert third.incremental is not None
+        assert_same(third, second)
+
+
+EPISODES = "episode_id,patient_id,clinic_id,condition,referral_date\n"
+SESSIONS = "session_id,episode_id,therapist_id,session_date\n"
+SCORES = "episode_id,session_id,timepoint,score,recorded_on\n"
+
+
+def run_both(raw: Path, cache: Path, today: date):
+    got = ingest_folder(raw, today, cache_dir=cache)
+    assert_same(got, ingest_folder(raw, today))
+    return got
+
+
+def status_of(result, source_file: str) -> dict:
+    return result.audit.filter(pl.col("source_file") == source_file).select(
+        "accepted", "duplicate", "superseded", "rejected").to_dicts()[0]
+
+
+def test_a_corrected_referral_date_rejects_an_old_session_and_its_scores(tmp_path):
+    raw, cache, today = tmp_path / "raw", tmp_path / "cache", date(2026, 3, 1)
+    write(raw, {
+        "w1/episodes.csv": (EPISODES + "E1,P1,C1,LBP,2026-01-05\nE2,P2,C1,neck,2026-01-05\n").encode(),
+        "w1/sessions.csv": (SESSIONS + "S1,E1,T1,2026-01-10\nS2,E2,T1,2026-01-10\n").encode(),
+        "w1/pain_scores.csv": (SCORES + "E1,S1,pre,7,\nE1,S1,post,5,\nE2,S2,pre,6,\n").encode(),
+    })
+    first = run_both(raw, cache, today)
+    assert first.sessions.height == 2 and first.pain_scores.height == 3
+    # next week: E1's referral was really on 2026-01-20, after its session
+    write(raw, {"w2/episodes.csv": (EPISODES + "E1,P1,C1,LBP,2026-01-20\n").encode()})
+    second = run_both(raw, cache, today)
+    assert second.incremental is not None
+    assert second.sessions["session_id"].to_list() == ["S2"]
+    assert status_of(second, "w1/sessions.csv") == {"accepted": 1, "duplicate": 0, "superseded": 0, "rejected": 1}
+    assert status_of(second, "w1/pain_scores.csv")["rejected"] == 2
+    assert status_of(second, "w1/episodes.csv")["superseded"] == 1
+    # and back: the week after, the first date was right after all
+    write(raw, {"w3/episodes.csv": (EPISODES + "E1,P1,C1,LBP,2026-01-05\n").encode()})
+    third = run_both(raw, cache, today)
+    assert third.incremental is not None
+    assert sorted(third.sessions["session_id"].to_list()) == ["S1", "S2"] and third.pain_scores.height == 3
+
+
+def test_an_episode_arriving_late_accepts_old_orphans_and_a_later_run_date_accepts_the_future(tmp_path):
+    raw, cache = tmp_path / "raw", tmp_path / "cache"
+    write(raw, {
+        "a/sessions.csv": (SESSIONS + "S1,E9,T1,2026-01-10\nS2,E9,T1,2026-03-05\n").encode(),
+        "a/pain_scores.csv": (SCORES + "E9,S1,pre,7,\nE9,,followup,4,2026-03-06\n").encode(),
+    })
+    first = run_both(raw, cache, date(2026, 3, 1))
+    assert first.sessions.height == 0 and first.rejected.height == 4
+    write(raw, {"b/episodes.csv": (EPISODES + "E9,P9,C1,LBP,2026-01-02\n").encode()})
+    second = run_both(raw, cache, date(2026, 3, 1))
+    assert second.incremental is not None
+    assert second.sessions["session_id"].to_list() == ["S1"]          # S2 is still in the future
+    assert any("after the run date" in r for r in second.rejected["reasons"].to_list())
+    third = run_both(raw, cache, date(2026, 3, 10))                   # nothing new, a later day
+    assert third.incremental is not None
+    assert third.sessions["session_id"].to_list() == ["S1", "S2"] and third.pain_scores.height == 2
+    assert third.rejected.height == 0
+
+
+@pytest.mark.parametrize("change", ["edit", "delete", "refuse", "earlier", "damage", "vocabulary", "no state"])
+def test_what_settles_every_row_again(tmp_path, change):
+    from pipelines.vocabulary import DEFAULT_VOCABULARY, Vocabulary
+
+    raw, cache, today = tmp_path / "raw", tmp_path / "cache", date(2026, 3, 1)
+    write(raw, {
+        "w1/episodes.csv": (EPISODES + "E1,P1,C1,LBP,2026-01-05\nE2,P2,C1,neck,2026-01-05\n").encode(),
+        "w1/sessions.csv": (SESSIONS + "S1,E1,T1,2026-01-10\nS2,E2,T1,2026-01-10\n").encode(),
+        "w2/sessions.csv": (SESSIONS + "S3,E1,T1,2026-01-17\n").encode(),
+    })
+    run_both(raw, cache, today)
+    vocabulary = None
+    if change == "edit":
+        (raw / "w1/sessions.csv").write_text(SESSIONS + "S1,E1,T1,2026-01-11\n")
+    elif change == "delete":
+        (raw / "w2/sessions.csv").unlink()
+    elif change == "refuse":
+        (raw / "w2/sessions.csv").write_text("session_id,email\nS3,x@y.org\n")
+    elif change == "earlier":
+        today = date(2026, 2, 1)
+    elif change == "damage":
+        part = cache / "settled" / "sessions.accepted.parquet"
+        part.write_bytes(part.read_bytes()[:-20])
+    elif change == "vocabulary":
+        vocab_file = tmp_path / "conditions.csv"
+        vocab_file.write_text(DEFAULT_VOCABULARY.read_text() + "jaw_pain,,Jaw pain\n")
+        vocabulary = Vocabulary.load(vocab_file)
+    elif change == "no state":
+        import shutil
+        shutil.rmtree(cache / "settled")
+    got = ingest_folder(raw, today, vocabulary=vocabulary, cache_dir=cache)
+    assert_same(got, ingest_folder(raw, today, vocabulary=vocabulary))
+    assert got.incremental is None and got.full_reason
+    # and the run after builds on the state this one wrote
+    again = ingest_folder(raw, today, vocabulary=vocabulary, cache_dir=cache)
+    assert again.incremental is not None
+    assert_same(again, got)
+
+
+def test_a_state_part_damaged_after_loading_settles_everything(tmp_path, monkeypatch):
+    """The tables' states are read one at a time: damage found late still settles all."""
+    raw, cache, today = tmp_path / "raw", tmp_path / "cache", date(2026, 3, 1)
+    write(raw, {"w1/episodes.csv": (EPISODES + "E1,P1,C1,LBP,2026-01-05\n").encode(),
+                "w1/sessions.csv": (SESSIONS + "S1,E1,T1,2026-01-10\n").encode()})
+    run_both(raw, cache, today)
+    write(raw, {"w2/sessions.csv": (SESSIONS + "S2,E1,T1,2026-01-17\n").encode()})
+    part = cache / "settled" / "pain_scores.others.parquet"
+    part.write_bytes(b"x" + part.read_bytes()[1:])
+    got = ingest_folder(raw, today, cache_dir=cache)
+    assert got.incremental is None and "damaged" in got.full_reason
+    assert_same(got, ingest_folder(raw, today))
+
