@@ -147,7 +147,7 @@ def test_what_settles_every_row_again(tmp_path, change):
     elif change == "earlier":
         today = date(2026, 2, 1)
     elif change == "damage":
-        part = cache / "settled" / "sessions.accepted.parquet"
+        part = cache / "settled" / "sessions.accepted.arrow"
         part.write_bytes(part.read_bytes()[:-20])
     elif change == "vocabulary":
         vocab_file = tmp_path / "conditions.csv"
@@ -172,7 +172,7 @@ def test_a_state_part_damaged_after_loading_settles_everything(tmp_path, monkeyp
                 "w1/sessions.csv": (SESSIONS + "S1,E1,T1,2026-01-10\n").encode()})
     run_both(raw, cache, today)
     write(raw, {"w2/sessions.csv": (SESSIONS + "S2,E1,T1,2026-01-17\n").encode()})
-    part = cache / "settled" / "pain_scores.others.parquet"
+    part = cache / "settled" / "pain_scores.others.arrow"
     part.write_bytes(b"x" + part.read_bytes()[1:])
     got = ingest_folder(raw, today, cache_dir=cache)
     assert got.incremental is None and "damaged" in got.full_reason

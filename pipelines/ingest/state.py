@@ -45,7 +45,7 @@ import polars as pl
 
 import pipelines
 
-STATE_FORMAT = "outcomes-ingest-settled-1"
+STATE_FORMAT = "outcomes-ingest-settled-2"
 #: the frames of one table's state (TableState's fields)
 TABLE_PARTS = ("accepted", "others", "later", "failed", "kept", "future")
 
@@ -118,9 +118,12 @@ def save_state(folder: Path, state: SettledState, identity: dict) -> None:
         frames["ragged"] = state.ragged
         frames["counts"] = pl.DataFrame({f"s{i}": state.counts[:, i] for i in range(state.counts.shape[1])})
         for name, frame in frames.items():
-            path = tmp / f"{name}.parquet"
-            # light compression: read back whole next run, written every run
-            frame.write_parquet(path, compression="lz4", statistics=False)
+            path = tmp / f"{name}.arrow"
+            # Arrow IPC, uncompressed: written every run and read back whole, at a fraction of
+            # Parquet's cost. The oldest Arrow layout copies each string into a new buffer:
+            # the string views of polars share buffers with the raw text of other rows (maybe
+            # a rejected identifier), which the newer layout would write out whole.
+            frame.write_ipc(path, compression="uncompressed", compat_level=pl.CompatLevel.oldest())
             parts[name] = _check(path)
         meta = {**identity, "today": state.today.isoformat(), "files": state.files, "parts": parts}
         (tmp / "state.json").write_text(json.dumps(meta))
@@ -166,10 +169,10 @@ def _check(path: Path) -> list:
 
 
 def _read_part(folder: Path, name: str, parts: dict) -> pl.DataFrame:
-    path = folder / f"{name}.parquet"
+    path = folder / f"{name}.arrow"
     try:
         if _check(path) != parts[name]:
             raise StateUnreadable(f"{path}: damaged")
-        return pl.read_parquet(path)
+        return pl.read_ipc(path)
     except (OSError, KeyError, pl.exceptions.PolarsError) as exc:
         raise StateUnreadable(f"{path}: {exc}") from exc

@@ -1,0 +1,331 @@
+"""Incremental outcome tables: recompute only the episodes whose inputs changed.
+
+METRICS.md makes every per-episode row of ``scored_sessions`` and ``episode_outcomes`` a
+function of that episode's own episode row, sessions and pain scores, and of the as-of
+date D only through which of those records are dated on or before D. So an episode whose
+input rows are unchanged since the previous run, and which has no record dated between
+the previous as-of date and this one, has exactly the rows it had last run. The rest
+(changed, new, or with records between the two dates) are recomputed from their own rows
+only and spliced in; removed episodes drop out. The result equals a full recomputation,
+row order and dtypes included (``tests/test_outcomes_incremental.py``).
+
+**Digests.** :func:`episode_digests` gives every episode two 64-bit sums (wrapping, modulo
+2**64) of 64-bit polars row hashes, one per seed, over exactly the input columns the
+outcome computations read: the episode's row (:func:`episode_columns`: every episode column
+that ends in an output table, with referral_date), its sessions (:data:`SESSION_COLUMNS`)
+and its pain scores (:data:`SCORE_COLUMNS`, grouped by the score's own episode_id: a
+pre/post score's episode is its session's, which ingest and the blocking reference check
+enforce). Each table hashes with seeds of its own, so a row cannot pass for a row of
+another table. The sums do not depend on row order (ingest's order follows the export
+files). Rows are unique within a table (their keys are, and the key columns are hashed),
+so an edit changes a digest unless the hash differences cancel: treating polars' hash as
+a random function, one edited episode keeps both of its sums with probability 2**-128
+(2**-64 if the two seeds were fully correlated), under 1e-13 per run even for 1e6 changed
+episodes at the pessimistic 2**-64. The hash is not cryptographic: exports crafted to
+collide could defeat it; the clinic's own exports are not an adversary. polars does not
+promise stable hashes across versions, so the digests record the polars version and a
+scheme name (:data:`SCHEME`); another version means a full computation.
+
+**Stored with the tables.** The digests are one more processed table,
+:data:`DIGESTS_FILE`, written by the ``scored_sessions`` step into the same folder as the
+outcome tables (the run's staging folder) and published with them. It is a pure function
+of the accepted tables, stamped with the same :class:`~pipelines.outcomes.lineage.Lineage`
+as ``scored_sessions`` (inputs, as-of date, code). A previous table is reused only when
+its stamp names the same computation as the previous digests' stamp (inputs, as-of date
+and code; publishing renames file by file, so this is what ties a table to the digests
+that describe it), the code and the polars version are this run's, and for
+``episode_outcomes`` the settings are too. Anything doubtful, or more than
+:data:`MAX_RECOMPUTE_SHARE` of the episodes to recompute, means a full computation.
+
+Pure logic, no Dagster: ``pipelines/defs/outcomes/assets.py`` does the wiring.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Callable
+
+import polars as pl
+
+from pipelines.outcomes.lineage import STAMP_KEY, Lineage
+from pipelines.outcomes.metrics import EXTRA_COLUMNS, OUTCOME_COLUMNS
+
+#: the digests table, beside the outcome tables
+DIGESTS_FILE = "episode_input_digests.parquet"
+#: footer key of the digests table: scheme and polars version (the stamp is under STAMP_KEY)
+DIGEST_KEY = "pipelines.episode_digests"
+#: names the digest definition below; change it whenever that definition changes
+SCHEME = "episode-input-digest/1: wrapping sums of polars row hashes, two seeds per table, per episode_id hash"
+#: recompute in full when more than this share of the episodes would be recomputed
+MAX_RECOMPUTE_SHARE = 0.4
+
+SESSION_COLUMNS = ("session_id", "episode_id", "session_date")
+SCORE_COLUMNS = ("episode_id", "session_id", "timepoint", "score", "recorded_on")
+#: episode columns read by the computations although not all of them are output columns
+_EPISODE_READ = ("episode_id", "referral_date", "clinic_id", "condition")
+#: two seeds per table (episodes, sessions, pain scores)
+_SEEDS = {"episodes": (0x0E9150DE, 0x5EED0E91), "sessions": (0x5E551045, 0x5EED5E55),
+          "pain_scores": (0x9A175C03, 0x5EED9A17)}
+_KEY_SEED = 0x0E915EED
+DIGEST_SCHEMA = {"episode_id": pl.String, "digest_a": pl.UInt64, "digest_b": pl.UInt64}
+
+
+def episode_columns(columns) -> list[str]:
+    """The episode columns the outcome computations read: every one that ends in an output
+    table (episode_outcomes, session relief, trajectories) and referral_date (sorted, so the
+    hash does not depend on the order of the columns)."""
+    wanted = set(OUTCOME_COLUMNS) | set(EXTRA_COLUMNS) | set(_EPISODE_READ)
+    return sorted(c for c in columns if c in wanted)
+
+
+_KEY = "_episode_key"
+
+
+def _hashed(frame: pl.DataFrame | pl.LazyFrame, columns: list[str], table: str) -> pl.LazyFrame:
+    exprs: list[pl.Expr] = [pl.col(c) for c in columns]
+    if "score" in columns:
+        # polars hashes -0.0 as 0.0; the sign of a zero score still reaches the outputs
+        exprs.append((1.0 / pl.col("score").cast(pl.Float64) < 0).alias("_negative_zero"))
+    row = pl.struct(exprs)
+    seed_a, seed_b = _SEEDS[table]
+    return frame.lazy().select(pl.col("episode_id").hash(_KEY_SEED).alias(_KEY), row.hash(seed_a).alias("digest_a"),
+                               row.hash(seed_b).alias("digest_b"))
+
+
+def episode_digests(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame) -> pl.DataFrame:
+    """One row per episode, in the order of ``episodes``: (episode_id, digest_a, digest_b).
+    ``sessions`` needs :data:`SESSION_COLUMNS`, ``pain_scores`` :data:`SCORE_COLUMNS`;
+    ``episodes`` its columns listed by :func:`episode_columns`.
+
+    Rows are summed per 64-bit hash of their episode_id (sorting and grouping integers is
+    several times cheaper than grouping millions of text ids). Two episode_ids with the same
+    hash share one pair of sums: both then change together, which only recomputes more.
+    Rows of an episode_id that is not in ``episodes`` count for nothing (the outcome tables
+    ignore them too)."""
+    parts = [_hashed(episodes, episode_columns(episodes.columns), "episodes"),
+             _hashed(sessions, list(SESSION_COLUMNS), "sessions"),
+             _hashed(pain_scores, list(SCORE_COLUMNS), "pain_scores")]
+    sums = (pl.concat(parts, how="vertical").sort(_KEY)
+            .group_by(_KEY, maintain_order=True).agg(pl.col("digest_a").sum(), pl.col("digest_b").sum()))
+    return (episodes.lazy().select("episode_id", pl.col("episode_id").hash(_KEY_SEED).alias(_KEY))
+            .join(sums, on=_KEY, how="left", maintain_order="left")
+            .select("episode_id", "digest_a", "digest_b")
+            .collect()
+            .cast(DIGEST_SCHEMA))
+
+
+def digest_footer() -> dict:
+    """What must match for two digest tables to be comparable."""
+    return {"scheme": SCHEME, "polars": pl.__version__}
+
+
+def digests_metadata(stamp: Lineage) -> dict[str, str]:
+    """Parquet key-value metadata of a digests table: its stamp and :func:`digest_footer`."""
+    return {STAMP_KEY: stamp.to_json(), DIGEST_KEY: json.dumps(digest_footer(), sort_keys=True)}
+
+
+@dataclass
+class StoredDigests:
+    """A digests table read back, with its stamp; ``problem`` says why it cannot be used."""
+
+    frame: pl.DataFrame | None = None
+    stamp: Lineage | None = None
+    problem: str = ""
+
+
+def read_digests(path: str | Path) -> StoredDigests:
+    """The digests table at ``path`` and its stamp, or the reason it is unusable (missing,
+    unreadable, unstamped, another scheme or polars version, malformed)."""
+    name = Path(path).name
+    try:
+        meta = pl.read_parquet_metadata(path)
+    except FileNotFoundError:
+        return StoredDigests(problem=f"no {name}")
+    except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+        return StoredDigests(problem=f"{name} is unreadable ({type(exc).__name__})")
+    try:
+        stamp = Lineage.from_json(meta[STAMP_KEY])
+        footer = json.loads(meta[DIGEST_KEY])
+    except (KeyError, ValueError, TypeError):
+        return StoredDigests(problem=f"{name} has no stamp")
+    if footer != digest_footer():
+        return StoredDigests(problem=f"{name} was made by another digest scheme or polars version")
+    try:
+        frame = pl.read_parquet(path)
+    except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+        return StoredDigests(problem=f"{name} is unreadable ({type(exc).__name__})")
+    if frame.schema != pl.Schema(DIGEST_SCHEMA) or frame["episode_id"].is_duplicated().any() \
+            or frame["episode_id"].null_count():
+        return StoredDigests(problem=f"{name} is malformed")
+    return StoredDigests(frame=frame, stamp=stamp)
+
+
+def same_computation(a: Lineage, b: Lineage) -> bool:
+    """Two stamps name the same computation from the same accepted tables (settings aside)."""
+    return a.inputs == b.inputs and a.as_of == b.as_of and a.code == b.code
+
+
+def episodes_with_records_between(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+                                  first: date, second: date) -> pl.Series:
+    """episode_id of every episode with a record dated in (min, max] of the two dates:
+    referral_date, a session_date (which also dates the session's pre/post scores) or a
+    follow-up's recorded_on (METRICS.md "As of a date"). ``pain_scores`` needs episode_id,
+    timepoint and recorded_on."""
+    low, high = min(first, second), max(first, second)
+    if low == high:
+        return pl.Series("episode_id", [], dtype=pl.String)
+    between = pl.col("_d").is_between(low, high, closed="right")
+    dated = [episodes.lazy().select("episode_id", pl.col("referral_date").alias("_d")),
+             sessions.lazy().select("episode_id", pl.col("session_date").alias("_d")),
+             pain_scores.lazy().filter(pl.col("timepoint") == "followup")
+             .select("episode_id", pl.col("recorded_on").alias("_d"))]
+    found = pl.concat([frame.filter(between).select("episode_id") for frame in dated], how="vertical")
+    return found.unique().collect()["episode_id"]
+
+
+@dataclass
+class Plan:
+    """What one outcome table's step does this run."""
+
+    incremental: bool
+    reason: str
+    #: episode_id whose previous rows are dropped: recomputed or removed (incremental only)
+    drop: pl.Series | None = field(default=None, repr=False)
+    #: episode_id to recompute (incremental only)
+    recompute: pl.Series | None = field(default=None, repr=False)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        if not self.incremental:
+            return f"full: {self.reason}"
+        c = self.counts
+        return (f"incremental: recomputed {c['recompute']:,} of {c['episodes']:,} episodes "
+                f"({c['new']:,} new, {c['changed']:,} changed, {c['dated_between']:,} more with records "
+                f"between {self.reason}; {c['removed']:,} removed)")
+
+
+def full(reason: str) -> Plan:
+    return Plan(incremental=False, reason=reason)
+
+
+def plan_update(table: str, current: Lineage, current_digests: pl.DataFrame, previous: StoredDigests,
+                previous_stamp: Lineage | None, records_between: Callable[[date, date], pl.Series],
+                max_share: float = MAX_RECOMPUTE_SHARE) -> Plan:
+    """Whether ``table`` (its previous stamp ``previous_stamp``) can be updated incrementally
+    to the computation ``current`` (settings included for tables that depend on them), and
+    which episodes to keep and recompute.
+
+    ``previous``: the previous run's digests; ``records_between(d1, d2)``: episode_id of
+    episodes with a record dated between two dates
+    (:func:`episodes_with_records_between` over this run's accepted tables)."""
+    if previous.frame is None or previous.stamp is None:
+        return full(previous.problem or f"no previous {DIGESTS_FILE}")
+    if previous_stamp is None:
+        return full(f"the previous {table} is missing or unstamped")
+    if previous_stamp.code != current.code or previous.stamp.code != current.code:
+        return full("the code changed")
+    if not same_computation(previous_stamp, previous.stamp):
+        return full(f"the previous {table} and {DIGESTS_FILE} are not from the same computation")
+    if previous_stamp.settings != current.settings:
+        return full("the settings changed")
+    try:
+        before = previous.stamp.as_of_date()
+        after = current.as_of_date()
+    except ValueError:
+        return full("unreadable as-of date in a stamp")
+    between = records_between(before, after)
+    joined = current_digests.join(previous.frame, on="episode_id", how="left", suffix="_prev")
+    same = ((pl.col("digest_a") == pl.col("digest_a_prev")) & (pl.col("digest_b") == pl.col("digest_b_prev"))
+            ).fill_null(False)
+    flags = joined.select(
+        "episode_id", same.alias("same"), pl.col("digest_a_prev").is_null().alias("new"),
+        pl.col("episode_id").is_in(between.implode()).alias("dated"))
+    keep_expr = pl.col("same") & ~pl.col("dated")
+    counts = flags.select(
+        pl.len().alias("episodes"),
+        pl.col("new").sum().alias("new"),
+        (~pl.col("same") & ~pl.col("new")).sum().alias("changed"),
+        (pl.col("same") & pl.col("dated")).sum().alias("dated_between"),
+        (~keep_expr).sum().alias("recompute"),
+    ).row(0, named=True)
+    counts = {k: int(v) for k, v in counts.items()}
+    counts["removed"] = previous.frame.height - (counts["episodes"] - counts["new"])
+    if counts["recompute"] > max_share * max(counts["episodes"], 1):
+        return full(f"{counts['recompute']:,} of {counts['episodes']:,} episodes changed "
+                    f"(more than {max_share:.0%}: cheaper in full)")
+    recompute = flags.filter(~keep_expr)["episode_id"]
+    removed = previous.frame.filter(~pl.col("episode_id").is_in(current_digests["episode_id"].implode()))["episode_id"]
+    return Plan(incremental=True, reason=f"{min(before, after)} and {max(before, after)}",
+                drop=pl.concat([recompute, removed]), recompute=recompute, counts=counts)
+
+
+def only(frame: pl.DataFrame, ids: pl.Series, key: str = "episode_id") -> pl.DataFrame:
+    """The rows of ``frame`` whose ``key`` is one of ``ids`` (in frame's order)."""
+    return frame.filter(pl.col(key).is_in(ids.implode()))
+
+
+def splice(previous: pl.DataFrame, drop: pl.Series, recomputed: pl.DataFrame, key: str = "episode_id"
+           ) -> pl.DataFrame | None:
+    """The previous rows of the episodes not in ``drop`` merged with the recomputed rows, in
+    the order of a full computation: both are sorted by ``key`` (each episode's rows one run,
+    in their own order) and no episode is in both, so a merge by ``key`` is that order.
+    None when the previous table cannot be spliced (another schema, not sorted by key).
+
+    ``drop`` must hold every episode of the previous table that is not kept: the recomputed
+    ones and those removed since (the previous digests list every episode the previous
+    tables can hold, as their stamps name the same accepted tables)."""
+    if previous.schema != recomputed.schema:
+        return None
+    kept = previous.filter(~pl.col(key).is_in(drop.implode()))
+    merged = kept.merge_sorted(recomputed, key)
+    in_order = merged.select((pl.col(key) >= pl.col(key).shift()).fill_null(True).all()).item()
+    if not in_order:
+        return None
+    return merged.rechunk()
+
+
+def apply(plan: Plan, read_previous: Callable[[], pl.DataFrame], recompute: Callable[[pl.Series], pl.DataFrame],
+          compute_all: Callable[[], pl.DataFrame], table: str, expected_rows: int | None = None
+          ) -> tuple[pl.DataFrame, Plan]:
+    """Carry out a plan: ``recompute(plan.recompute)`` spliced into ``read_previous()``, or
+    ``compute_all()`` when the plan says full or the splice fails (unreadable previous
+    table, another schema or order, or not ``expected_rows`` rows when that is given).
+    Returns the table (one chunk) and the plan that was followed."""
+    if plan.incremental:
+        try:
+            previous = read_previous()
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            plan = full(f"the previous {table} is unreadable ({type(exc).__name__})")
+        else:
+            result = splice(previous, plan.drop, recompute(plan.recompute))
+            if result is None:
+                plan = full(f"the previous {table} has another schema or order")
+            elif expected_rows is not None and result.height != expected_rows:
+                plan = full(f"the spliced {table} has {result.height:,} rows, not {expected_rows:,}")
+            else:
+                return result, plan
+    return compute_all().rechunk(), plan
+
+
+def scored_sessions_of(ids: pl.Series, episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+                       as_of: date) -> pl.DataFrame:
+    """:func:`pipelines.outcomes.metrics.scored_sessions` of the episodes ``ids`` only: their
+    episode rows, their sessions and the pre/post scores of those sessions (matched by
+    session_id, as the full computation matches them)."""
+    from pipelines.outcomes.metrics import scored_sessions
+
+    mine = only(sessions, ids)
+    scores = pain_scores.filter(pl.col("session_id").is_in(mine["session_id"].implode()))
+    return scored_sessions(only(episodes, ids), mine, scores, as_of)
+
+
+def episode_outcomes_of(ids: pl.Series, episodes: pl.DataFrame, scored: pl.DataFrame, pain_scores: pl.DataFrame,
+                        as_of: date, settings) -> pl.DataFrame:
+    """:func:`pipelines.outcomes.metrics.episode_outcomes_from` of the episodes ``ids`` only
+    (their scored sessions and their follow-ups, matched by episode_id as in the full one)."""
+    from pipelines.outcomes.metrics import episode_outcomes_from
+
+    return episode_outcomes_from(only(episodes, ids), only(scored, ids), only(pain_scores, ids), as_of, settings)
