@@ -17,6 +17,7 @@ A run is safe to kill at any moment (docs/reliability.md):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import shutil
@@ -37,7 +38,7 @@ from pipelines.locking import RunLocked, run_lock
 from pipelines.reports.weekly import week_label
 from pipelines.settings import Settings
 
-__all__ = ["RunLocked", "RunOutcome", "run_config", "run_pipeline", "remove_leftovers"]
+__all__ = ["RunLocked", "RunOutcome", "default_instance", "run_config", "run_pipeline", "remove_leftovers"]
 
 #: the staging folder of one run's processed tables, inside the processed folder
 RUN_STAGING = re.compile(r"^\.outcomes-run\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}$")
@@ -146,7 +147,7 @@ def _run_locked(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: st
                 instance: dg.DagsterInstance | None) -> RunOutcome:
     config = run_config(raw_dir, processed_dir, reports_dir, as_of, today, settings, vocabulary_file, progress)
     if instance is None:
-        instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+        instance = default_instance()
     # 1. ingest and outcomes (unpartitioned), as of --as-of or the latest record; the tables
     #    go to a staging folder and are published together once the whole job has succeeded
     staging = Path(tempfile.mkdtemp(prefix=f".outcomes-run.{os.getpid()}.", dir=processed_dir))
@@ -184,13 +185,31 @@ def _run_locked(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: st
     return outcome
 
 
+def default_instance() -> dg.DagsterInstance:
+    """The instance a run is recorded in: $DAGSTER_HOME's when set, else an ephemeral one."""
+    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+
+
 def job_for_run(job_name: str, settings: dict, start: str | None) -> dg.JobDefinition:
     """The named job of :func:`pipelines.definitions.make_definitions` for these settings and first week
     (module-level, so that :func:`_execute` can hand Dagster a reconstructable job)."""
+    return _definitions(tuple(sorted(settings.items())), start).resolve_job_def(job_name)
+
+
+@functools.lru_cache(maxsize=8)
+def _definitions(settings: tuple, start: str | None) -> dg.Definitions:
+    """:func:`pipelines.definitions.make_definitions`, built once per settings and first week.
+
+    Dagster reconstructs a job from its pointer several times per run (four or five), and
+    building every definition costs some 30-40 ms each time. Definitions are immutable and
+    hold no run state, so one build serves every run of this process with the same
+    arguments. (With ``start`` None the first week is read from the
+    environment or the processed folder when first built; only the weekly report asset
+    depends on it, and every job that includes that asset is given ``start``.)
+    """
     from pipelines.definitions import make_definitions
 
-    defs = make_definitions(Settings(**settings), start=date.fromisoformat(start) if start else None)
-    return defs.resolve_job_def(job_name)
+    return make_definitions(Settings(**dict(settings)), start=date.fromisoformat(start) if start else None)
 
 
 def _execute(job_name: str, settings: Settings, start: date | None, config: dict, instance: dg.DagsterInstance,

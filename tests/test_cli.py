@@ -1,5 +1,6 @@
 """`outcomes run` end to end on a small hand-made export folder."""
 
+import gc
 import json
 import subprocess
 import sys
@@ -49,10 +50,13 @@ def raw(tmp_path: Path) -> Path:
 def test_run_writes_contract_outputs_and_summary(raw, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     processed = tmp_path / "processed"
+    collector = (gc.isenabled(), gc.get_freeze_count())
     code = main(["run", "--raw-dir", str(raw), "--processed-dir", str(processed),
                  "--reports-dir", str(tmp_path / "reports"), "--today", "2026-03-01"])
     out = capsys.readouterr()
     assert code == 0, out.err
+    # called from Python (argv given), main leaves the garbage collector as it was (see cli._loading)
+    assert (gc.isenabled(), gc.get_freeze_count()) == collector
     for name in ("episode_outcomes.parquet", "condition_summary.csv", "rejected_rows.csv", "ingest_audit.csv"):
         assert (processed / name).is_file(), name
     assert "Files: 3 ingested, 0 refused, 1 ignored" in out.out
