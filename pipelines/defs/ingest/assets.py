@@ -5,6 +5,7 @@ rows and the per-file audit (CONTRACT.md)."""
 import dagster as dg
 import polars as pl
 
+from pipelines.defs.markdown import markdown_table
 from pipelines.defs.resources import AnalysisSettings, PipelineConfig, RunGuard
 from pipelines.ingest import ingest_folder
 
@@ -25,7 +26,7 @@ DESCRIPTIONS = {
 
 
 def _preview(frame: pl.DataFrame, rows: int = 5) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame.head(rows).to_pandas().to_markdown(index=False))
+    return dg.MetadataValue.md(markdown_table(frame.head(rows)))
 
 
 @dg.multi_asset(
@@ -57,7 +58,7 @@ def ingest(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_se
                 {t: int((result.rejected["table"] == t).sum()) for t in ("episodes", "sessions", "pain_scores")})})
         yield dg.Output(audit, output_name="ingest_audit", metadata={
             **{f"files_{k}": v for k, v in files.items()},
-            "audit": dg.MetadataValue.md(audit.drop("reason").to_pandas().to_markdown(index=False)),
+            "audit": dg.MetadataValue.md(markdown_table(audit.drop("reason"))),
             "settled": settled,
         })
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from pipelines.defs.markdown import markdown_table
 from pipelines.defs.resources import AnalysisSettings, PipelineConfig, ProcessedTableIOManager
 from pipelines.io import write_table
 from pipelines.outcomes import incremental as inc
@@ -54,7 +55,7 @@ def _stamp(context: dg.AssetExecutionContext, inputs: str, as_of, settings: dict
 
 
 def _md(frame: pl.DataFrame, rows: int = 20) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame.head(rows).to_pandas().to_markdown(index=False, floatfmt=".3g"))
+    return dg.MetadataValue.md(markdown_table(frame.head(rows), float_format=".3g"))
 
 
 def _previous_store(paths: PipelineConfig) -> ProcessedTableIOManager:
