@@ -338,13 +338,14 @@ def _settle_table(spec: TableSpec, rows: pl.DataFrame, side: pl.DataFrame, today
     del file_idx, alive, broken, settled
     others = rows.select(*spec.names, "file_idx", "line").with_columns(
         hashed, pl.Series("status", status, dtype=pl.UInt8)).filter(other)
-    del status
+    accepted_hash = hashed.filter(take)
+    del status, hashed, other
     # the accepted rows as output, column by column, each column of rows freed once taken
     out = []
     for name in [*spec.names, "file_idx", "line"]:
         out.append(rows.get_column(name).filter(take))
         rows = rows.drop(name)
-    table = pl.DataFrame(out[:-2] + [out[-1], out[-2], hashed.filter(take)])
+    table = pl.DataFrame(out[:-2] + [out[-1], out[-2], accepted_hash])
     return TableOutcome(accepted=table, rejected_alone=alone, rejected_later=later, counts=counts,
                         others=others, failed=failed, kept=kept, future=future_rows)
 
