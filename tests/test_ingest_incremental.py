@@ -219,3 +219,21 @@ def test_weekly_pipeline_runs_settle_incrementally_and_publish_what_a_fresh_run_
     for name in ("rejected_rows.csv", "ingest_audit.csv"):
         assert (processed / name).read_bytes() == (fresh / "processed" / name).read_bytes()
     assert sorted(os.listdir(processed / ".cache" / "ingest" / "settled"))[-1] == "state.json"
+
+
+def test_state_folders_of_killed_runs_are_removed(tmp_path):
+    import os
+    import subprocess
+
+    raw, cache, today = tmp_path / "raw", tmp_path / "cache", date(2026, 3, 1)
+    write(raw, {"w1/episodes.csv": (EPISODES + "E1,P1,C1,LBP,2026-01-05\n").encode()})
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead, alive = gone.pid, os.getppid()
+    (cache / f".settled.{dead}.abcd1234").mkdir(parents=True)
+    (cache / f".settled.old.{dead}").mkdir()
+    (cache / f".settled.{alive}.efgh5678").mkdir()
+    (cache / f".settled.{dead}.abcd1234" / "pain_scores.accepted.arrow").write_bytes(b"half")
+    run_both(raw, cache, today)
+    left = sorted(p.name for p in cache.iterdir())
+    assert left == sorted([f".settled.{alive}.efgh5678", "entries", "manifest.json", "settled"])

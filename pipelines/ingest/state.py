@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -44,6 +45,7 @@ import numpy as np
 import polars as pl
 
 import pipelines
+from pipelines.io import owner_gone
 
 STATE_FORMAT = "outcomes-ingest-settled-2"
 #: the frames of one table's state (TableState's fields)
@@ -109,8 +111,10 @@ def state_identity(vocabulary_fingerprint: str) -> dict:
 
 
 def save_state(folder: Path, state: SettledState, identity: dict) -> None:
-    """Write the state to a new folder beside ``folder``, then put it in place with renames."""
+    """Write the state to a new folder beside ``folder``, then put it in place with renames
+    (first removing what killed runs left half-written)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", dir=folder.parent))
     try:
         parts = {}
@@ -135,6 +139,24 @@ def save_state(folder: Path, state: SettledState, identity: dict) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """The new and old state folders (``.<name>.<pid>.<random>``, ``.<name>.old.<pid>``) of
+    runs killed while saving, when their process is gone: at a million episodes one is
+    about 2 GB."""
+    pattern = re.compile(rf"^\.{re.escape(folder.name)}\.(?:old\.)?(?P<pid>\d+)(?:\.|$)")
+    removed = []
+    try:
+        entries = list(folder.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink() and owner_gone(int(match["pid"])):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def load_state(folder: Path, identity: dict) -> SettledState | None:
