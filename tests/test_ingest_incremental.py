@@ -10,6 +10,10 @@ settled state gives exactly what settling every row gives.
    orphan sessions and scores; a later run date accepts a row that was in the future.
 3. What must settle everything: a changed, deleted or refused file, an earlier run date,
    a damaged or foreign state; and the results still equal.
+
+The weekly pipeline run (ingest settling incrementally inside Dagster, published tables
+equal to a fresh run's) is tested with the incremental outcome tables, in
+``tests/test_outcomes_incremental.py``.
 """
 
 from __future__ import annotations
@@ -178,47 +182,6 @@ def test_a_state_part_damaged_after_loading_settles_everything(tmp_path, monkeyp
     assert got.incremental is None and "damaged" in got.full_reason
     assert_same(got, ingest_folder(raw, today))
 
-
-
-def test_weekly_pipeline_runs_settle_incrementally_and_publish_what_a_fresh_run_does(tmp_path):
-    """`outcomes run` after one more week of exports: ingest says it built on the last run,
-    and every published table equals a fresh run's on the same folder."""
-    import os
-    import shutil
-
-    import dagster as dg
-
-    from pipelines.pipeline import run_pipeline
-    from pipelines.synth import generate
-
-    source = tmp_path / "source"
-    generate(300, 5, source)
-    weeks = sorted(p.name for p in source.iterdir() if p.is_dir())
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    for week in weeks[:-1]:
-        shutil.copytree(source / week, raw / week)
-    instance = dg.DagsterInstance.ephemeral()
-    processed, reports = tmp_path / "processed", tmp_path / "reports"
-
-    def settled() -> str:
-        events = instance.fetch_materializations(dg.AssetKey("ingest_audit"), limit=1).records
-        return events[0].asset_materialization.metadata["settled"].value
-
-    assert run_pipeline(raw, processed, reports, today="2026-11-27", instance=instance).success
-    assert settled().startswith("every row settled")
-    shutil.copytree(source / weeks[-1], raw / weeks[-1])
-    assert run_pipeline(raw, processed, reports, today="2026-11-27", instance=instance).success
-    assert settled().startswith("incremental:") and "3 new file(s)" in settled()
-    fresh = tmp_path / "fresh"
-    assert run_pipeline(raw, fresh / "processed", fresh / "reports", today="2026-11-27", instance=instance).success
-    assert settled().startswith("every row settled")
-    for name in ("episodes", "sessions", "pain_scores"):
-        assert_frame_equal(pl.read_parquet(processed / f"{name}.parquet"),
-                           pl.read_parquet(fresh / "processed" / f"{name}.parquet"), check_exact=True)
-    for name in ("rejected_rows.csv", "ingest_audit.csv"):
-        assert (processed / name).read_bytes() == (fresh / "processed" / name).read_bytes()
-    assert sorted(os.listdir(processed / ".cache" / "ingest" / "settled"))[-1] == "state.json"
 
 
 def test_state_folders_of_killed_runs_are_removed(tmp_path):

@@ -503,6 +503,7 @@ def test_the_weekly_pipeline_run_splices_and_equals_a_fresh_full_run(tmp_path):
         return outcome
 
     first = go(raw, work)
+    assert _materialization(instance, first.run_id, "ingest_audit")["settled"].startswith("every row settled")
     for asset in ("scored_sessions", "episode_outcomes"):
         said = _materialization(instance, first.run_id, asset)["incremental"]
         assert said == f"full: no {inc.DIGESTS_FILE}", said
@@ -513,6 +514,9 @@ def test_the_weekly_pipeline_run_splices_and_equals_a_fresh_full_run(tmp_path):
     shutil.copytree(source / weeks[-1], raw / weeks[-1])
     second = go(raw, work)
     assert second.as_of > first.as_of
+    # ingest settled again only what the new week's three files touch (pipelines.ingest.state)
+    settled = _materialization(instance, second.run_id, "ingest_audit")["settled"]
+    assert settled.startswith("incremental:") and "3 new file(s)" in settled, settled
     for asset in ("scored_sessions", "episode_outcomes"):
         said = _materialization(instance, second.run_id, asset)["incremental"]
         assert said.startswith("incremental: recomputed "), said
@@ -529,6 +533,8 @@ def test_the_weekly_pipeline_run_splices_and_equals_a_fresh_full_run(tmp_path):
     assert set(mine) == set(theirs)
     for name in theirs:
         assert_frame_equal(mine[name], theirs[name], check_exact=True)
+    for name in ("rejected_rows.csv", "ingest_audit.csv"):
+        assert (work / "processed" / name).read_bytes() == (fresh / "processed" / name).read_bytes(), name
     for name in ("scored_sessions.parquet", "episode_outcomes.parquet", inc.DIGESTS_FILE):
         assert (work / "processed" / name).read_bytes() == (fresh / "processed" / name).read_bytes(), name
         assert read_lineage(work / "processed" / name) == read_lineage(fresh / "processed" / name)
