@@ -51,7 +51,7 @@ from typing import Callable
 import polars as pl
 
 from pipelines.outcomes.lineage import STAMP_KEY, Lineage
-from pipelines.outcomes.metrics import EXTRA_COLUMNS, OUTCOME_COLUMNS
+from pipelines.outcomes.metrics import EXTRA_COLUMNS, OUTCOME_COLUMNS, episodes_with_records_between
 
 #: the digests table, beside the outcome tables
 DIGESTS_FILE = "episode_input_digests.parquet"
@@ -166,24 +166,6 @@ def read_digests(path: str | Path) -> StoredDigests:
 def same_computation(a: Lineage, b: Lineage) -> bool:
     """Two stamps name the same computation from the same accepted tables (settings aside)."""
     return a.inputs == b.inputs and a.as_of == b.as_of and a.code == b.code
-
-
-def episodes_with_records_between(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
-                                  first: date, second: date) -> pl.Series:
-    """episode_id of every episode with a record dated in (min, max] of the two dates:
-    referral_date, a session_date (which also dates the session's pre/post scores) or a
-    follow-up's recorded_on (METRICS.md "As of a date"). ``pain_scores`` needs episode_id,
-    timepoint and recorded_on."""
-    low, high = min(first, second), max(first, second)
-    if low == high:
-        return pl.Series("episode_id", [], dtype=pl.String)
-    between = pl.col("_d").is_between(low, high, closed="right")
-    dated = [episodes.lazy().select("episode_id", pl.col("referral_date").alias("_d")),
-             sessions.lazy().select("episode_id", pl.col("session_date").alias("_d")),
-             pain_scores.lazy().filter(pl.col("timepoint") == "followup")
-             .select("episode_id", pl.col("recorded_on").alias("_d"))]
-    found = pl.concat([frame.filter(between).select("episode_id") for frame in dated], how="vertical")
-    return found.unique().collect()["episode_id"]
 
 
 @dataclass

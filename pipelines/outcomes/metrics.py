@@ -215,6 +215,30 @@ def latest_record_date(sessions: pl.DataFrame, pain_scores: pl.DataFrame) -> dat
     return max(candidates) if candidates else None
 
 
+def _dated_records(episodes: pl.DataFrame | None, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+                   ids: bool = True) -> list[pl.LazyFrame]:
+    """The date ``_d`` (and with ``ids`` the episode_id) of every dated record (METRICS.md
+    "As of a date"): referrals (when ``episodes`` is given), sessions (which also date their
+    pre/post scores) and follow-ups. ``pain_scores`` needs timepoint and recorded_on."""
+    id_column = ["episode_id"] if ids else []
+    dated = [sessions.lazy().select(*id_column, pl.col("session_date").alias("_d")),
+             pain_scores.lazy().filter(pl.col("timepoint") == "followup")
+             .select(*id_column, pl.col("recorded_on").alias("_d"))]
+    if episodes is not None:
+        dated.insert(0, episodes.lazy().select(*id_column, pl.col("referral_date").alias("_d")))
+    return dated
+
+
+def episodes_with_records_between(episodes: pl.DataFrame | None, sessions: pl.DataFrame,
+                                  pain_scores: pl.DataFrame, first: date, second: date) -> pl.Series:
+    """episode_id of every episode with a record (:func:`_dated_records`) dated after the
+    earlier of the two dates and on or before the later one."""
+    low, high = min(first, second), max(first, second)
+    between = pl.col("_d").is_between(low, high, closed="right")
+    found = [frame.filter(between).select("episode_id") for frame in _dated_records(episodes, sessions, pain_scores)]
+    return pl.concat(found, how="vertical").unique().collect()["episode_id"]
+
+
 def same_records_as_of(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
                        first: date, second: date) -> bool:
     """True when the same records count as of both dates (METRICS.md "As of a date"): no
@@ -229,7 +253,5 @@ def same_records_as_of(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scor
     if low == high:
         return True
     between = pl.col("_d").is_between(low, high, closed="right")
-    dated = [episodes.select(pl.col("referral_date").alias("_d")),
-             sessions.select(pl.col("session_date").alias("_d")),
-             pain_scores.filter(pl.col("timepoint") == "followup").select(pl.col("recorded_on").alias("_d"))]
-    return not any(frame.select(between.any()).item() for frame in dated)
+    return not any(frame.select(between.any()).collect().item()
+                   for frame in _dated_records(episodes, sessions, pain_scores, ids=False))

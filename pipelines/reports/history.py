@@ -23,7 +23,9 @@ from datetime import date, timedelta
 import polars as pl
 
 from pipelines.outcomes.joins import semi_join_by_hash
-from pipelines.outcomes.metrics import episode_outcomes_from, outcome_observations, reaches
+from pipelines.outcomes.metrics import (
+    episode_outcomes_from, episodes_with_records_between, outcome_observations, reaches,
+)
 from pipelines.settings import Settings
 
 
@@ -35,12 +37,7 @@ def relief_before(relief: pl.DataFrame, episodes: pl.DataFrame, earlier: date) -
 
 def touched_between(sessions: pl.DataFrame, pain_scores: pl.DataFrame, after: date, until: date) -> pl.DataFrame:
     """Episode ids with a session or a follow-up rating dated in (after, until]."""
-    start = after + timedelta(days=1)
-    return pl.concat([
-        sessions.filter(pl.col("session_date").is_between(start, until)).select("episode_id"),
-        pain_scores.filter((pl.col("timepoint") == "followup") & pl.col("recorded_on").is_between(start, until))
-        .select("episode_id"),
-    ]).unique()
+    return episodes_with_records_between(None, sessions, pain_scores, after, until).to_frame()
 
 
 def outcomes_before(episodes: pl.DataFrame, scored: pl.DataFrame, pain_scores: pl.DataFrame,
