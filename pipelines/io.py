@@ -1,15 +1,25 @@
 """Atomic file output: write beside the target, then rename, so readers never see half a file.
 
-A temporary file is named ``.<target name>.<pid>.<random>.tmp`` in the target's folder.
-The process id lets a later run tell the leftovers of a killed writer (its process is
-gone) from a file another live process is writing right now: see
+A temporary file (or folder) is named ``.<target name>.<pid>.<random>.tmp`` in the target's
+folder. The process id lets a later run tell the leftovers of a killed writer (its process
+is gone) from a file another live process is writing right now: see
 :func:`remove_stale_temp_files`, which ``run_pipeline`` calls under the run lock.
+
+Large tables that a weekly run mostly keeps as they were (the accepted input rows) are
+stored as a folder of Parquet parts (:func:`write_parts`): a new version links the leading
+parts of the last one whose rows are unchanged and writes only the rest. Polars, pyarrow,
+pandas and DuckDB read such a folder as one table, in the parts' name order.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
+import json
 import os
 import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,9 +57,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; outputs are ordinary files
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -61,6 +69,72 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported,
+    an OSError for any other failure (then a two-rename fallback must not run)."""
+    try:
+        renameat2 = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), 2) == 0:  # 2: RENAME_EXCHANGE
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(a))
+
+
+def replace_with_folder(folder: Path, target: Path) -> None:
+    """Put a complete ``folder`` at ``target`` (a folder, a file or nothing), atomically where
+    the system can swap two paths; ``folder`` is gone afterwards.
+
+    Elsewhere the old target is first renamed to ``.<name>.old.<pid>``: a run killed between
+    the two renames leaves it there, and :func:`restore_replaced` puts it back."""
+    if not target.exists() and not target.is_symlink():
+        os.rename(folder, target)
+    elif exchange_paths(folder, target):
+        _remove(folder)  # it now holds the old target
+    else:
+        old = target.with_name(f".{target.name}.old.{os.getpid()}")
+        os.rename(target, old)
+        os.rename(folder, target)
+        _remove(old)
+    fsync_dir(target.parent)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+#: ``.<name>.old.<pid>``: the old target of an interrupted :func:`replace_with_folder` fallback
+REPLACED = re.compile(r"^\.(?P<name>.+)\.old\.(?P<pid>\d+)$")
+
+
+def restore_replaced(folder: str | Path) -> list[str]:
+    """After a writer killed in :func:`replace_with_folder`'s fallback: put the old target back
+    when the new one never arrived, else remove it. Only for writers that no longer run."""
+    folder = Path(folder)
+    done: list[str] = []
+    if not folder.is_dir():
+        return done
+    for entry in folder.iterdir():
+        match = REPLACED.match(entry.name)
+        if not match or not owner_gone(int(match["pid"])):
+            continue
+        target = folder / match["name"]
+        if target.exists():
+            _remove(entry)
+            done.append(f"removed {entry}")
+        else:
+            os.rename(entry, target)
+            done.append(f"restored {target} from {entry.name}")
+    return done
+
+
 def owner_gone(pid: int) -> bool:
     """True if the process that made a pid-tagged leftover no longer runs (or is this one)."""
     from pipelines.locking import pid_alive
@@ -69,7 +143,8 @@ def owner_gone(pid: int) -> bool:
 
 
 def remove_stale_temp_files(folder: str | Path, recursive: bool = True) -> list[Path]:
-    """Delete the temporary files of writers that no longer run (killed mid-write).
+    """Delete the temporary files (and part folders) of writers that no longer run (killed
+    mid-write).
 
     Only names of the :data:`TEMP_FILE` form are touched, and only when their process is
     gone (or is this process, whose own writes are not under way when this is called);
@@ -80,12 +155,17 @@ def remove_stale_temp_files(folder: str | Path, recursive: bool = True) -> list[
         return []
     removed: list[Path] = []
     walker = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
-    for dirpath, _dirnames, filenames in walker:
-        for name in filenames:
+    for dirpath, dirnames, filenames in walker:
+        for name in [*filenames, *dirnames]:
             match = TEMP_FILE.match(name)
             if not match or not owner_gone(int(match["pid"])):
                 continue
             path = Path(dirpath) / name
+            if name in dirnames:
+                dirnames.remove(name)
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+                continue
             try:
                 path.unlink()
                 removed.append(path)
@@ -104,6 +184,113 @@ def write_table(frame: pl.DataFrame, target: str | Path, metadata: dict[str, str
         else:
             frame.write_parquet(tmp, metadata=metadata or None)
     return target
+
+
+#: footer key of a part of a table stored as a folder of parts (:func:`write_parts`)
+PART_KEY = "outcomes-part"
+PART_FORMAT = 1
+#: rows per part: at a million episodes a weekly run rewrites one or two parts of each table
+PART_ROWS = 1 << 19
+_PART_SEEDS = (0x5EED_0001, 0x7A11_0002)
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:06d}.parquet"
+
+
+def rows_digest(frame: pl.DataFrame) -> str:
+    """128 bits that change with any value, null, type or order of ``frame``'s rows: two
+    wrapping sums of polars row hashes, each row hashed with its position."""
+    flags = [(1.0 / pl.col(c) < 0).alias(f"_negative_{c}")  # polars hashes -0.0 as 0.0
+             for c, dtype in frame.schema.items() if dtype.is_float()]
+    rows = frame.with_row_index("_position").with_columns(flags)
+    sums = [int(rows.hash_rows(seed=seed).sum()) for seed in _PART_SEEDS]
+    return "".join(f"{value:016x}" for value in sums)
+
+
+def _schema_text(frame: pl.DataFrame) -> str:
+    return json.dumps([[name, str(dtype)] for name, dtype in frame.schema.items()])
+
+
+def stored_parts(folder: Path) -> list[tuple[Path, dict]]:
+    """The parts of a table folder in order with their footer records; [] when ``folder`` is
+    not such a folder (absent, a single file, or a part without its record)."""
+    if not folder.is_dir():
+        return []
+    parts = []
+    for path in sorted(folder.iterdir()):
+        if not path.name.endswith(".parquet"):
+            return []
+        try:
+            record = json.loads(pl.read_parquet_metadata(path)[PART_KEY])
+        except (OSError, KeyError, ValueError, pl.exceptions.PolarsError):
+            return []
+        parts.append((path, record))
+    return parts
+
+
+def write_parts(frame: pl.DataFrame, target: str | Path, previous: str | Path | None = None,
+                part_rows: int = PART_ROWS) -> dict[str, int]:
+    """Store ``frame`` as a folder of Parquet parts at ``target``, atomically.
+
+    The leading parts of the table folder ``previous`` (default: ``target`` itself) whose
+    rows equal the frame's rows at the same place (same :func:`rows_digest`, schema and
+    polars version) are hard-linked into the new folder (copied where links fail), as long
+    as they are full parts or end where the frame ends; the rest of the frame is written
+    in parts of ``part_rows`` rows. A table that only gained
+    rows at its end, or changed near it, costs the writing of those rows only.
+    Returns the numbers of parts reused and written and of rows written.
+    """
+    target = Path(target)
+    previous = Path(previous) if previous is not None else target
+    schema = _schema_text(frame)
+    reuse: list[Path] = []
+    offset = 0
+    for path, record in stored_parts(previous):
+        rows = record.get("rows", -1)
+        # a short part is reused only as the last one: else it takes the rows after it, so
+        # that weekly additions do not leave a trail of small parts
+        if (record.get("format") != PART_FORMAT or record.get("schema") != schema
+                or record.get("polars") != pl.__version__ or not 0 < rows <= frame.height - offset
+                or (rows != part_rows and offset + rows != frame.height)
+                or record.get("digest") != rows_digest(frame.slice(offset, rows))):
+            break
+        reuse.append(path)
+        offset += rows
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
+    try:
+        for index, path in enumerate(reuse):
+            try:
+                os.link(path, folder / part_name(index))
+            except OSError:
+                shutil.copy2(path, folder / part_name(index))
+        written = 0
+        starts = list(range(offset, frame.height, part_rows))
+        if not starts and not reuse:
+            starts = [0]  # an empty table: one empty part keeps its schema
+        for index, start in enumerate(starts, start=len(reuse)):
+            chunk = frame.slice(start, part_rows)
+            record = {"format": PART_FORMAT, "rows": chunk.height, "digest": rows_digest(chunk), "schema": schema,
+                      "polars": pl.__version__}
+            path = folder / part_name(index)
+            chunk.write_parquet(path, metadata={PART_KEY: json.dumps(record)})
+            with open(path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            written += 1
+        fsync_dir(folder)
+        os.chmod(folder, 0o777 & ~_umask())
+        replace_with_folder(folder, target)
+    finally:
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+    return {"parts_reused": len(reuse), "parts_written": written, "rows_written": frame.height - offset}
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def read_table(path: str | Path, schema: dict | None = None) -> pl.DataFrame:

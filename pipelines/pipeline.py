@@ -33,7 +33,7 @@ import polars as pl
 from pipelines.ingest.core import AUDIT_SCHEMA, REJECTED_SCHEMA
 from pipelines.ingest.reasons import rejection_reasons
 from pipelines.defs.reports.partitions import first_week, monday_of
-from pipelines.io import fsync_dir, owner_gone, remove_stale_temp_files
+from pipelines.io import fsync_dir, owner_gone, remove_stale_temp_files, replace_with_folder, restore_replaced
 from pipelines.locking import RunLocked, run_lock
 from pipelines.reports.weekly import week_label
 from pipelines.settings import Settings
@@ -155,6 +155,7 @@ def _run_locked(raw_dir: Path, processed_dir: Path, reports_dir: Path, as_of: st
         staged_config = run_config(raw_dir, staging, reports_dir, as_of, today, settings, vocabulary_file, progress)
         staged_config["resources"]["paths"]["config"]["processed_dir"] = str(processed_dir)
         staged_config["resources"]["run_guard"]["config"]["processed_dir"] = str(processed_dir)
+        staged_config["resources"]["processed_io_manager"]["config"]["published_dir"] = str(processed_dir)
         _announce(progress, "outcomes_job: ingest and outcome tables")
         result = _execute("outcomes_job", settings, None, staged_config, instance)
         outcome = RunOutcome(success=result.success, run_id=result.run_id, processed_dir=processed_dir,
@@ -237,9 +238,14 @@ def _announce(progress: bool, text: str) -> None:
 
 
 def _publish_tables(staging: Path, processed_dir: Path) -> None:
-    """Rename every table of a finished job into the processed folder (each rename atomic)."""
+    """Move every table of a finished job into the processed folder (each move atomic; a
+    folder of parts is swapped in, pipelines.io.replace_with_folder)."""
     for path in sorted(staging.iterdir()):
-        if path.is_file() and not path.name.startswith("."):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            replace_with_folder(path, processed_dir / path.name)
+        elif path.is_file():
             os.replace(path, processed_dir / path.name)
     fsync_dir(processed_dir)
 
@@ -281,6 +287,7 @@ def remove_leftovers(processed_dir: str | Path, reports_dir: str | Path) -> list
                 shutil.rmtree(entry, ignore_errors=True)
                 done.append(f"removed {entry}")
         done += [f"removed {p}" for p in remove_stale_temp_files(processed_dir)]
+        done += restore_replaced(processed_dir)
     weekly = reports_dir / "weekly"
     if weekly.is_dir():
         for entry in sorted(weekly.iterdir()):

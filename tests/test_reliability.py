@@ -35,7 +35,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.io import TEMP_FILE
+from pipelines.io import REPLACED, TEMP_FILE
 from pipelines.locking import EX_TEMPFAIL, LOCK_NAME, RunLocked, folder_lock, holds_lock, read_holder, run_lock
 from pipelines.pipeline import REPORT_STAGING, RUN_STAGING, TRASH, remove_leftovers, run_pipeline
 
@@ -164,7 +164,7 @@ class Snapshot:
 
 def _allowed_leftover(path: Path) -> bool:
     return bool(RUN_STAGING.match(path.name) or TEMP_FILE.match(path.name) or REPORT_STAGING.match(path.name)
-                or TRASH.match(path.name))
+                or TRASH.match(path.name) or REPLACED.match(path.name))
 
 
 def snapshot(out: Path) -> Snapshot:
@@ -176,6 +176,14 @@ def snapshot(out: Path) -> Snapshot:
                 continue
             if path.name.startswith("."):
                 (snap.leftovers if _allowed_leftover(path) else snap.unexpected).append(str(path.relative_to(out)))
+                continue
+            if path.suffix == ".parquet" and path.is_dir():  # a table stored as a folder of parts
+                parts = sorted(path.iterdir())
+                snap.tables[path.name] = sha(b"".join(p.name.encode() + b"\0" + p.read_bytes() for p in parts))
+                try:
+                    pl.read_parquet(path)
+                except Exception as exc:  # noqa: BLE001 - any failure to read is the finding
+                    snap.unreadable.append(f"{path.name}: {exc}")
                 continue
             if path.suffix not in (".parquet", ".csv") or not path.is_file():
                 snap.unexpected.append(str(path.relative_to(out)))

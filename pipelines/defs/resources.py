@@ -11,7 +11,7 @@ import dagster as dg
 import polars as pl
 
 from pipelines.ingest.core import AUDIT_SCHEMA, REJECTED_SCHEMA
-from pipelines.io import read_table, write_table
+from pipelines.io import read_table, write_parts, write_table
 from pipelines.outcomes.lineage import STAMP_KEY, Lineage, read_lineage
 from pipelines.outcomes.summary import SUMMARY_SCHEMA
 from pipelines.outcomes.metrics import latest_record_date
@@ -103,31 +103,45 @@ class RunGuard(dg.ConfigurableResource):
             raise dg.Failure(description=str(exc)) from None
 
 
+def _value(entry):
+    """A metadata entry's plain value (Dagster may hand it over wrapped in a MetadataValue)."""
+    return entry.value if hasattr(entry, "value") else entry
+
+
 class ProcessedTableIOManager(dg.ConfigurableIOManager):
     """Stores polars frames in the processed folder under the file name each asset declares
     (metadata ``filename``; default ``<asset>.parquet``), written atomically.
 
     An input declared with ``dg.AssetIn(metadata={"columns": [...]})`` reads only those
     columns of a Parquet table (at a million episodes the text columns a step does not use
-    are most of its memory)."""
+    are most of its memory).
+
+    An output declared with metadata ``parts`` True is stored as a folder of Parquet parts
+    under its file name (:func:`pipelines.io.write_parts`): the parts of the version in
+    ``published_dir`` whose rows are unchanged are linked, not written again. Any Parquet
+    reader reads the folder as one table."""
 
     processed_dir: str = "data/processed"
+    #: where the last published tables are, when outputs go to a staging folder first
+    #: (``outcomes run``); empty: ``processed_dir``
+    published_dir: str = ""
 
     def _path(self, context: dg.InputContext | dg.OutputContext) -> Path:
         output_ctx = context if isinstance(context, dg.OutputContext) else context.upstream_output
         metadata = (output_ctx.definition_metadata or {}) if output_ctx is not None else {}
-        filename = metadata.get("filename")
-        if hasattr(filename, "value"):
-            filename = filename.value
-        name = filename or f"{context.asset_key.path[-1]}.parquet"
+        name = _value(metadata.get("filename")) or f"{context.asset_key.path[-1]}.parquet"
         return Path(self.processed_dir) / name
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         # a step's "lineage" output metadata (pipelines.outcomes.lineage) goes into the Parquet footer
-        lineage = (context.output_metadata or {}).get("lineage")
-        if hasattr(lineage, "value"):
-            lineage = lineage.value
-        path = write_table(obj, self._path(context), {STAMP_KEY: lineage} if lineage else None)
+        lineage = _value((context.output_metadata or {}).get("lineage"))
+        path = self._path(context)
+        if _value((context.definition_metadata or {}).get("parts")):
+            previous = Path(self.published_dir or self.processed_dir) / path.name
+            written = write_parts(obj, path, previous)
+            context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": obj.height, **written})
+            return
+        write_table(obj, path, {STAMP_KEY: lineage} if lineage else None)
         context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": obj.height})
 
     # Steps that read a stored table without it being an input (the key and reference checks,

@@ -16,6 +16,7 @@ INGEST_OUTPUTS = {
     "rejected_rows": "rejected_rows.csv",
     "ingest_audit": "ingest_audit.csv",
 }
+ACCEPTED = ("episodes", "sessions", "pain_scores")
 DESCRIPTIONS = {
     "episodes": "Accepted episodes of care (one per episode_id), condition as vocabulary code.",
     "sessions": "Accepted treatment sessions (one per session_id).",
@@ -30,7 +31,9 @@ def _preview(frame: pl.DataFrame, rows: int = 5) -> dg.MetadataValue:
 
 
 @dg.multi_asset(
-    outs={name: dg.AssetOut(io_manager_key="processed_io_manager", metadata={"filename": filename},
+    # the accepted tables are folders of parts: a weekly run rewrites only the parts that changed
+    outs={name: dg.AssetOut(io_manager_key="processed_io_manager",
+                            metadata={"filename": filename, "parts": name in ACCEPTED},
                             description=DESCRIPTIONS[name], group_name="ingest")
           for name, filename in INGEST_OUTPUTS.items()},
     description="Read every export under the raw folder and apply every rule of CONTRACT.md.",
@@ -50,7 +53,7 @@ def ingest(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_se
         settled = (f"incremental: {result.incremental}" if result.incremental
                    else f"every row settled: {result.full_reason}")
         context.log.info(f"ingest: {settled}")
-        for name in ("episodes", "sessions", "pain_scores"):
+        for name in ACCEPTED:
             frame = result.table(name)
             yield dg.Output(frame, output_name=name, metadata={"run_date": today.isoformat()})
         yield dg.Output(result.rejected, output_name="rejected_rows", metadata={
