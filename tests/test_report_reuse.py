@@ -1,5 +1,6 @@
-"""The weekly report reuses the outcomes job's scored sessions and episode outcomes only
-when they equal what it would compute itself (pipelines.outcomes.lineage).
+"""The weekly report reuses the outcomes job's scored sessions, episode outcomes, session
+relief, pain trajectories and clinic summary only when they equal what it would compute
+itself (pipelines.outcomes.lineage).
 
 Equal means: the same accepted tables (ingest audit, vocabulary, row counts), the same code,
 the same settings, and the same records as of the outcomes' as-of date and the week's
@@ -15,14 +16,16 @@ from datetime import date, timedelta
 import dagster as dg
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from pipelines.defs.outcomes.assets import accepted_digest
 from pipelines.defs.reports import assets as report_assets
-from pipelines.defs.reports.assets import REUSABLE, REUSED_COLUMNS, stored_outcomes
+from pipelines.defs.reports.assets import ONLY_TO_COMPUTE, REUSABLE, REUSED_COLUMNS, stored_outcomes
 from pipelines.defs.resources import CSV_SCHEMAS, PipelineConfig, ProcessedTableIOManager
 from pipelines.outcomes.lineage import STAMP_KEY, Lineage, read_lineage
 from pipelines.outcomes.metrics import episode_outcomes_from, same_records_as_of, scored_sessions
-from pipelines.reports.weekly import ReportInputs, build_report
+from pipelines.outcomes.summary import ALL, clinic_condition_summary, summarise
+from pipelines.reports.weekly import ReportInputs, _per_clinic, build_report
 from pipelines.settings import Settings
 from pipelines.vocabulary import Vocabulary
 from report_helpers import SUNDAY, WEEK, main_report  # noqa: F401  (fixture)
@@ -94,10 +97,17 @@ def _digest(audit, ep, se, ps):
     return accepted_digest(PipelineConfig(), audit, ep, se, ps)
 
 
+#: reusable tables the outcomes job may not stamp yet (pipelines/defs/outcomes/assets.py): the
+#: report computes them itself until it does; the tests below stamp a copy as it would
+NOT_YET_STAMPED = {"clinic_condition_summary"}
+
+
 def test_run_stamps_the_reusable_tables(main_report):  # noqa: F811
     ep, se, ps, audit, _ = _accepted(main_report.processed_dir)
     for name, (filename, with_settings) in REUSABLE.items():
         stamp = read_lineage(main_report.processed_dir / filename)
+        if stamp is None and name in NOT_YET_STAMPED:
+            continue
         assert stamp is not None, name
         assert stamp.inputs == _digest(audit, ep, se, ps)
         assert stamp.as_of == main_report.as_of
@@ -106,20 +116,14 @@ def test_run_stamps_the_reusable_tables(main_report):  # noqa: F811
     assert read_lineage(main_report.processed_dir / "condition_summary.csv") is None
 
 
-def test_reused_report_equals_recomputed_report(main_report):  # noqa: F811
-    processed = main_report.processed_dir
-    ep, se, ps, audit, rejected = _accepted(processed)
-    settings = Settings()
-    stored, said = stored_outcomes(ProcessedTableIOManager(processed_dir=str(processed)), _digest(audit, ep, se, ps), settings, SUNDAY, ep, se, ps)
-    assert set(stored) == set(REUSABLE), said
+def test_reused_report_equals_recomputed_report(stored):
+    found, said = _attempt(*stored)
+    assert set(found) == set(REUSABLE), said
     assert "recomputed" not in said
+    _assert_same_report(_report(*stored, found), _report(*stored, {}))
 
-    def report(**reuse):
-        inputs = ReportInputs(episodes=ep, sessions=se, pain_scores=ps, audit=audit, rejected=rejected,
-                              settings=settings, labels=Vocabulary.load(None).labels, **reuse)
-        return build_report(inputs, WEEK)
 
-    reused, recomputed = report(stored=stored), report()
+def _assert_same_report(reused, recomputed):
     for name in ("conditions", "summary_csv", "clinics"):
         assert getattr(reused, name).equals(getattr(recomputed, name)), name
     assert reused.headline_week == recomputed.headline_week
@@ -138,9 +142,16 @@ def test_reused_report_equals_recomputed_report(main_report):  # noqa: F811
 
 @pytest.fixture
 def stored(main_report, tmp_path):  # noqa: F811
-    """A writable copy of the run's processed folder, and its accepted tables."""
+    """A writable copy of the run's processed folder, and its accepted tables. A table of
+    NOT_YET_STAMPED without a stamp gets the one the outcomes job would write: that of the
+    episode outcomes it is computed from (same accepted tables, as-of date, code, settings)."""
     processed = tmp_path / "processed"
     shutil.copytree(main_report.processed_dir, processed, ignore=shutil.ignore_patterns(".cache"))
+    for name in NOT_YET_STAMPED:
+        path = processed / REUSABLE[name][0]
+        if read_lineage(path) is None:
+            pl.read_parquet(path).write_parquet(
+                path, metadata={STAMP_KEY: read_lineage(processed / "episode_outcomes.parquet").to_json()})
     ep, se, ps, audit, _ = _accepted(processed)
     return processed, ep, se, ps, audit
 
@@ -157,11 +168,21 @@ def _attempt(processed, ep, se, ps, audit, settings=None, sunday=SUNDAY):
                            settings or Settings(), sunday, ep, se, ps)
 
 
+def _read_columns(found):
+    """Each reused table has its REUSED_COLUMNS but those only needed to compute a reused table."""
+    for name, frame in found.items():
+        unused = {column for column, table in ONLY_TO_COMPUTE.get(name, {}).items() if table in found}
+        assert frame.columns == [c for c in REUSED_COLUMNS.get(name, frame.columns) if c not in unused], name
+
+
 def test_reuses_an_untouched_copy(stored):
     found, said = _attempt(*stored)
     assert set(found) == set(REUSABLE) and "recomputed" not in said
+    assert said.startswith(f"reused {', '.join(REUSABLE)} ")
+    _read_columns(found)
+    assert "post" not in found["scored_sessions"].columns and "clinic_id" not in found["session_relief_table"].columns
     for name, frame in found.items():
-        assert frame.equals(pl.read_parquet(stored[0] / REUSABLE[name][0], columns=REUSED_COLUMNS.get(name)))
+        assert frame.equals(pl.read_parquet(stored[0] / REUSABLE[name][0], columns=frame.columns))
 
 
 def test_other_settings_recompute_what_depends_on_them(stored):
@@ -199,10 +220,12 @@ def test_records_between_the_dates_recompute(stored):
     assert found == {} and "records differ" in said
 
 
+@pytest.mark.parametrize("name", ["episode_outcomes", "session_relief_table", "clinic_condition_summary"])
 @pytest.mark.parametrize("damage", ["missing", "unstamped", "corrupt"])
-def test_missing_or_unstamped_tables_recompute(stored, damage):
+def test_missing_or_unstamped_tables_recompute(stored, damage, name):
     processed = stored[0]
-    path = processed / "episode_outcomes.parquet"
+    filename = REUSABLE[name][0]
+    path = processed / filename
     if damage == "missing":
         path.unlink()
     elif damage == "unstamped":
@@ -210,8 +233,76 @@ def test_missing_or_unstamped_tables_recompute(stored, damage):
     else:
         path.write_bytes(path.read_bytes()[:100])
     found, said = _attempt(*stored)
-    assert set(found) == set(REUSABLE) - {"episode_outcomes"}
-    assert "episode_outcomes.parquet is missing or has no lineage" in said
+    assert set(found) == set(REUSABLE) - {name}
+    assert f"{filename} is missing or has no lineage" in said
+    _read_columns(found)  # e.g. the post scores when session relief is computed again
+
+
+def test_partly_reused_report_equals_recomputed_report(stored):
+    """Session relief and the clinic summary computed in the report, from the reused scored
+    sessions (read with their post scores) and session relief (with its clinics)."""
+    processed = stored[0]
+    for name in ("session_relief_table", "clinic_condition_summary"):
+        pl.read_parquet(processed / REUSABLE[name][0]).write_parquet(processed / REUSABLE[name][0])
+    found, said = _attempt(*stored)
+    assert set(found) == {"scored_sessions", "episode_outcomes", "pain_trajectories"}, said
+    assert "post" in found["scored_sessions"].columns
+    _assert_same_report(_report(*stored, found), _report(*stored, {}))
+
+
+def _report(processed, ep, se, ps, audit, stored_tables):
+    rejected = pl.read_csv(processed / "rejected_rows.csv", schema=CSV_SCHEMAS["rejected_rows.csv"])
+    inputs = ReportInputs(episodes=ep, sessions=se, pain_scores=ps, audit=audit, rejected=rejected,
+                          settings=Settings(), labels=Vocabulary.load(None).labels, stored=stored_tables)
+    return build_report(inputs, WEEK)
+
+
+def test_the_report_takes_its_clinic_rows_from_the_stored_clinic_summary(stored):
+    """A reused clinic_condition_summary is what the clinic table and funnel plot show: its
+    per-clinic ALL rows, which equal summarise by clinic_id (pipelines.outcomes.summary)."""
+    processed, ep, se, ps, audit = stored
+    found, said = _attempt(*stored)
+    assert "clinic_condition_summary" in found, said
+    clinic_summary = found["clinic_condition_summary"]
+    per_clinic = _per_clinic(found["episode_outcomes"], found["session_relief_table"], Settings(), clinic_summary)
+    computed = summarise(found["episode_outcomes"], found["session_relief_table"], Settings(), by=["clinic_id"],
+                         pooled_label=None, with_p_values=False)
+    assert_frame_equal(per_clinic, computed)
+    assert per_clinic.height >= 3 and per_clinic["n_analysed"].sum() > 0
+    # a changed stored table changes the report: the rows shown are the stored ones
+    first = per_clinic["clinic_id"][0]
+    altered = clinic_summary.with_columns(
+        pl.when((pl.col("clinic_id") == first) & (pl.col("condition") == ALL)).then(0.999)
+        .otherwise(pl.col("responder_30_rate")).alias("responder_30_rate"))
+    shown = _report(processed, ep, se, ps, audit, {**found, "clinic_condition_summary": altered}).clinics
+    assert shown.filter(pl.col("clinic_id") == first)["responder_30"].item() == "100%"
+    assert _report(processed, ep, se, ps, audit, found).clinics.filter(
+        pl.col("clinic_id") == first)["responder_30"].item() != "100%"
+
+
+def test_clinic_rows_in_summarise_order_with_a_missing_clinic_id(stored):
+    """clinic_condition_summary sorts a missing clinic id first, summarise last."""
+    outcomes, relief = (pl.read_parquet(stored[0] / f) for f in ("episode_outcomes.parquet", "session_relief.parquet"))
+    first = outcomes["clinic_id"].min()
+    outcomes, relief = (frame.with_columns(pl.when(pl.col("clinic_id") == first).then(None)
+                                           .otherwise(pl.col("clinic_id")).alias("clinic_id"))
+                        for frame in (outcomes, relief))
+    per_clinic = _per_clinic(outcomes, relief, Settings(), clinic_condition_summary(outcomes, relief, Settings()))
+    assert per_clinic["clinic_id"][-1] is None
+    assert_frame_equal(per_clinic, summarise(outcomes, relief, Settings(), by=["clinic_id"], pooled_label=None,
+                                             with_p_values=False))
+
+
+def test_a_clinic_summary_without_one_all_row_per_clinic_is_recomputed(stored):
+    """e.g. a condition coded ALL: two ALL rows for a clinic, so the table is not used."""
+    found, _ = _attempt(*stored)
+    outcomes, relief = found["episode_outcomes"], found["session_relief_table"]
+    clinic_summary = found["clinic_condition_summary"]
+    doubled = pl.concat([clinic_summary, clinic_summary.filter(pl.col("condition") == ALL).with_columns(
+        pl.lit(0.999).alias("responder_30_rate"))])
+    assert_frame_equal(_per_clinic(outcomes, relief, Settings(), doubled),
+                       summarise(outcomes, relief, Settings(), by=["clinic_id"], pooled_label=None,
+                                 with_p_values=False))
 
 
 def test_pipeline_as_of_midweek_recomputes_the_report(tmp_path):
@@ -234,7 +325,10 @@ def test_pipeline_as_of_midweek_recomputes_the_report(tmp_path):
     assert outcome.success, outcome.failure
     events = instance.fetch_materializations(dg.AssetKey("weekly_report"), limit=1).records
     said = events[0].asset_materialization.metadata["outcomes"].value
-    assert said.startswith("reused scored_sessions") and "recomputed" not in said
+    assert said.startswith("reused scored_sessions, episode_outcomes, session_relief_table, pain_trajectories")
+    # (and the clinic summary too once the outcomes job stamps it)
+    assert "recomputed" not in said or said.endswith(
+        "recomputed: clinic_condition_summary.parquet is missing or has no lineage")
 
 
 def test_code_fingerprint_follows_every_edit(tmp_path, monkeypatch):

@@ -13,7 +13,8 @@ facts of METRICS.md ("As of a date", "One episode"):
   those as of D dated on or before D'.
 
 Each helper equals its direct computation exactly (same rows, same order, same values):
-``tests/test_report_history.py`` checks them against the outcomes functions.
+``tests/test_report_history.py`` checks them against the outcomes functions, and
+``tests/test_report_speed_history.py`` against the slower code they replaced.
 """
 
 from __future__ import annotations
@@ -22,17 +23,25 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from pipelines.outcomes.joins import semi_join_by_hash
 from pipelines.outcomes.metrics import (
-    episode_outcomes_from, episodes_with_records_between, outcome_observations, reaches,
+    episode_outcomes_from, episodes_with_records_between, reaches,
 )
 from pipelines.settings import Settings
 
 
 def relief_before(relief: pl.DataFrame, episodes: pl.DataFrame, earlier: date) -> pl.DataFrame:
-    """Session relief as of ``earlier`` from session relief as of a later date."""
-    ids = episodes.filter(pl.col("referral_date") <= earlier)["episode_id"]
-    return relief.filter((pl.col("session_date") <= earlier) & pl.col("episode_id").is_in(ids.implode()))
+    """Session relief as of ``earlier`` from the session relief of ``episodes`` as of a later date.
+
+    Its rows dated on or before ``earlier`` of the episodes referred by then, found as those
+    not among the few referred later (or undated): cheaper than looking up every row's
+    episode among all referred by then."""
+    later = episodes.filter(pl.col("referral_date").le(earlier).not_().fill_null(True))["episode_id"]
+    return relief.filter((pl.col("session_date") <= earlier) & _not_in(later))
+
+
+def _not_in(ids: pl.Series) -> pl.Expr:
+    """Rows whose episode_id is not in ``ids`` (a row without one is not in them: an anti join)."""
+    return pl.col("episode_id").is_in(ids.implode()).fill_null(False).not_()
 
 
 def touched_between(sessions: pl.DataFrame, pain_scores: pl.DataFrame, after: date, until: date) -> pl.DataFrame:
@@ -44,17 +53,30 @@ def outcomes_before(episodes: pl.DataFrame, scored: pl.DataFrame, pain_scores: p
                     later_outcomes: pl.DataFrame, later: date, earlier: date,
                     settings: Settings | None = None) -> pl.DataFrame:
     """``episode_outcomes(episodes, sessions, pain_scores, earlier, settings)`` from the outcomes
-    and the scored sessions (``scored_sessions``) as of ``later`` >= ``earlier``.
+    and the scored sessions (``scored_sessions``) as of ``later`` >= ``earlier``, with the
+    columns of ``later_outcomes`` (a caller may pass only those it reads).
 
     Only the episodes with a session or follow-up dated in (earlier, later] are computed
     again, from their scored sessions dated on or before ``earlier`` (a prefix of their
-    sessions as of ``later``, numbered the same); the others keep their row.
+    sessions as of ``later``, numbered the same); the others keep their row. Rows are picked
+    with ``is_in`` against the few touched episodes (cheaper than joins that hash both sides),
+    and of the pain scores only follow-ups are read (pre and post are in ``scored``).
     """
-    touched = touched_between(scored, pain_scores, earlier, later)
-    kept = later_outcomes.filter(pl.col("referral_date") <= earlier).join(touched, on="episode_id", how="anti")
-    redo = episodes.filter(pl.col("referral_date") <= earlier).join(touched, on="episode_id", how="semi")
-    scored_earlier = semi_join_by_hash(scored.filter(pl.col("session_date") <= earlier), redo, "episode_id")
-    redone = episode_outcomes_from(redo, scored_earlier, pain_scores, earlier, settings)
+    followups = pain_scores.filter(pl.col("timepoint") == "followup")
+    touched = touched_between(scored, followups, earlier, later)["episode_id"]
+    kept = later_outcomes.filter((pl.col("referral_date") <= earlier) & _not_in(touched))
+    redo = episodes.filter((pl.col("referral_date") <= earlier) & pl.col("episode_id").is_in(touched.implode()))
+    scored_earlier = scored.filter((pl.col("session_date") <= earlier)
+                                   & pl.col("episode_id").is_in(redo["episode_id"].implode()))
+    redone = episode_outcomes_from(redo, scored_earlier, followups, earlier, settings).select(later_outcomes.columns)
+    return _sorted_by_episode(kept, redone)
+
+
+def _sorted_by_episode(kept: pl.DataFrame, redone: pl.DataFrame) -> pl.DataFrame:
+    """``concat([kept, redone]).sort("episode_id")`` for frames of distinct episodes: merged
+    without sorting again when both are sorted already (as outcome tables are)."""
+    if all(f["episode_id"].null_count() == 0 and f["episode_id"].is_sorted() for f in (kept, redone)):
+        return kept.merge_sorted(redone, key="episode_id")
     return pl.concat([kept, redone], how="vertical").sort("episode_id")
 
 
@@ -78,6 +100,13 @@ def weekly_cohorts(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: 
     the last observation dated that week (observations as of E are those as of ``as_of``
     dated on or before E). So it is analysed exactly when its baseline is there and not 0,
     and a responder as :func:`episode_outcomes` computes it.
+
+    Only the observations dated in the window are built (``outcome_observations`` would
+    number every rating of every episode): the pre score of a session k >= 2 (t = k - 1),
+    and a follow-up dated on or after the episode's session 1 (t >= 1). Their order within
+    an episode, (date, t), is (date, follow-up after pre scores, k): a follow-up's t, the
+    number of sessions up to its date, is at least the k of every session that day, and
+    follow-ups are keyed by (episode, date).
     """
     settings = settings or Settings()
     first_day = as_of - timedelta(weeks=weeks) + timedelta(days=1)
@@ -92,27 +121,35 @@ def weekly_cohorts(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: 
         return (frame.filter(pl.col(column).is_between(first_day, as_of)).select(week_index(column))
                 .group_by("week_index").agg(pl.len().cast(pl.Int64).alias(name)))
 
-    # only episodes with a session or follow-up in the window can be in a week's cohort (all of
-    # their sessions are kept: they number the observations)
-    active = touched_between(scored, pain_scores, first_day - timedelta(days=1), as_of)
-    scored = semi_join_by_hash(scored, active, "episode_id")
-    episodes_d = episodes.filter(pl.col("referral_date") <= as_of).join(active, on="episode_id", how="semi")
-    observations = outcome_observations(scored, pain_scores, episodes_d, as_of)
-    baseline = scored.filter(pl.col("k") == 1).select("episode_id", pl.col("pre").alias("baseline_pain"))
-    # observations are sorted by (episode_id, date, t): the last one of a week is the final score as of its Sunday
-    finals = (observations.filter(pl.col("date") >= first_day).with_columns(week_index("date"))
-              .group_by("week_index", "episode_id").agg(pl.col("score").last().alias("final_pain"))
-              .join(week_ends, on="week_index")
-              .join(episodes_d.select("episode_id", "referral_date"), on="episode_id")
+    scored = scored.lazy()
+    first = scored.filter(pl.col("k") == 1).select("episode_id", pl.col("session_date").alias("first_session"),
+                                                   pl.col("pre").alias("baseline_pain"))
+    in_window = pl.col("date").is_between(first_day, as_of)
+    from_pre = (scored.filter(pl.col("session_date").is_between(first_day, as_of) & (pl.col("k") >= 2)
+                              & pl.col("pre").is_not_null())
+                .select("episode_id", pl.col("session_date").alias("date"), pl.lit(False).alias("followup"),
+                        pl.col("k").cast(pl.Int64), pl.col("pre").alias("score")))
+    from_followup = (pain_scores.lazy().filter(pl.col("timepoint") == "followup")
+                     .select("episode_id", pl.col("recorded_on").alias("date"), pl.lit(True).alias("followup"),
+                             pl.lit(0, dtype=pl.Int64).alias("k"), pl.col("score").cast(pl.Float64))
+                     .filter(in_window)
+                     .join(first.select("episode_id", "first_session"), on="episode_id")
+                     .filter(pl.col("first_session") <= pl.col("date")).drop("first_session"))
+    finals = (pl.concat([from_pre, from_followup], how="vertical").with_columns(week_index("date"))
+              .group_by("week_index", "episode_id")
+              .agg(pl.col("score").sort_by("date", "followup", "k").last().alias("final_pain"))
+              .join(week_ends.lazy(), on="week_index")
+              .join(episodes.lazy().select("episode_id", "referral_date"), on="episode_id")
               .filter(pl.col("referral_date") <= pl.col("week_end"))
-              .join(baseline, on="episode_id")
+              .join(first.select("episode_id", "baseline_pain"), on="episode_id")
               .filter(pl.col("baseline_pain").is_not_null() & (pl.col("baseline_pain") != 0)))
     # the same arithmetic as episode_outcomes (64-bit change, then the percentage)
     change = pl.col("baseline_pain").cast(pl.Float64) - pl.col("final_pain").cast(pl.Float64)
     pct = 100.0 * change / pl.col("baseline_pain")
     cohorts = (finals.with_columns(reaches(pct, settings.responder_30_threshold).alias("responder_30"))
                .group_by("week_index").agg(pl.len().cast(pl.Int64).alias("responder_n"),
-                                           pl.col("responder_30").sum().cast(pl.Int64).alias("responders")))
+                                           pl.col("responder_30").sum().cast(pl.Int64).alias("responders"))
+               .collect())
     out = week_ends
     for frame in (per_week(sessions, "session_date", "sessions"), per_week(episodes, "referral_date", "new_episodes"),
                   cohorts):

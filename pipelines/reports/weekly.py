@@ -26,6 +26,10 @@ from pipelines.reports.publish import DASH, count_text, publish_summary, suppres
 from pipelines.settings import Settings
 
 TREND_WEEKS = 12
+#: the columns of episode_outcomes the report reads (a stored table is read with these only)
+REPORT_OUTCOME_COLUMNS = ["episode_id", "clinic_id", "condition", "referral_date", "sessions_attended",
+                          "prescribed_sessions", "baseline_pain", "final_pain", "change", "responder_30",
+                          "responder_50", "sessions_to_response", "response_observed", "analysed"]
 
 
 def week_label(day: date) -> str:
@@ -54,7 +58,8 @@ class ReportInputs:
     vocabulary_fingerprint: str = ""
     #: outcome tables as of the week's Sunday that the outcomes job already computed from these
     #: same tables (pipelines.outcomes.lineage), by asset name: scored_sessions, episode_outcomes,
-    #: session_relief_table, pain_trajectories. The report computes the ones not given.
+    #: session_relief_table, pain_trajectories, clinic_condition_summary. The report computes
+    #: the ones not given.
     stored: dict[str, pl.DataFrame] = field(default_factory=dict)
 
 
@@ -116,13 +121,29 @@ def _pooled(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings) ->
 def _base_counts(outcomes: pl.DataFrame, relief: pl.DataFrame, by: str) -> pl.DataFrame:
     """Episodes behind adherence and immediate relief, per group and ALL (for blanking)."""
     adherence = outcomes.filter((pl.col("sessions_attended") >= 1) & pl.col("prescribed_sessions").is_not_null())
+    relief_per_group, relief_episodes = _relief_episodes(relief, by)
     per_group = (adherence.group_by(by).agg(pl.len().alias("n_adherence"))
-                 .join(relief.group_by(by).agg(pl.col("episode_id").n_unique().alias("n_relief")),
-                       on=by, how="full", coalesce=True))
-    pooled = pl.DataFrame({by: [ALL], "n_adherence": [adherence.height],
-                           "n_relief": [relief["episode_id"].n_unique() if relief.height else 0]})
+                 .join(relief_per_group, on=by, how="full", coalesce=True))
+    pooled = pl.DataFrame({by: [ALL], "n_adherence": [adherence.height], "n_relief": [relief_episodes]})
     return pl.concat([per_group.cast({"n_adherence": pl.Int64, "n_relief": pl.Int64}),
                       pooled.cast({"n_adherence": pl.Int64, "n_relief": pl.Int64})], how="vertical")
+
+
+def _relief_episodes(relief: pl.DataFrame, by: str) -> tuple[pl.DataFrame, int]:
+    """Distinct episodes with a relief row, per group of ``by`` (``n_relief``) and in all.
+
+    Relief sorted by episode (as :func:`session_relief_from` leaves it) is one run of rows
+    per episode: when each run also lies in one group, counting the runs' first rows equals
+    ``n_unique`` of episode_id and hashes none of the millions of ids. Otherwise, n_unique.
+    """
+    ids = relief["episode_id"]
+    if ids.null_count() == 0 and ids.is_sorted():
+        new_episode = pl.col("episode_id").ne(pl.col("episode_id").shift()).fill_null(True)
+        if not relief.select((~new_episode & pl.col(by).ne_missing(pl.col(by).shift())).any()).item():
+            firsts = relief.filter(new_episode)
+            return firsts.group_by(by).agg(pl.len().alias("n_relief")), firsts.height
+    return (relief.group_by(by).agg(pl.col("episode_id").n_unique().alias("n_relief")),
+            ids.n_unique() if relief.height else 0)
 
 
 def _trend(inputs: ReportInputs, sunday: date, scored: pl.DataFrame) -> pl.DataFrame:
@@ -170,11 +191,22 @@ def _funnel_position(rate: float, n: int, pooled: float) -> str:
     return "within the expected range"
 
 
-def _clinics(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings, pooled_rate: float | None
+def _per_clinic(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings,
+                stored: pl.DataFrame | None) -> pl.DataFrame:
+    """Every clinic's statistics, ``summarise`` by clinic_id: the per-clinic ALL rows of the
+    outcomes job's clinic_condition_summary (``stored``; the same call, sorted by clinic and
+    condition there) when given and one per clinic, else computed."""
+    if stored is not None:
+        rows = stored.filter(pl.col("condition") == ALL).drop("condition")
+        if rows["clinic_id"].n_unique() == rows.height:
+            return rows.sort("clinic_id", nulls_last=True)  # summarise's order: a missing id last
+    return summarise(outcomes, relief, settings, by=["clinic_id"], pooled_label=None, with_p_values=False)
+
+
+def _clinics(per_clinic: pl.DataFrame, settings: Settings, pooled_rate: float | None
              ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Published clinic table (sorted by clinic id, never ranked) and the funnel plot's points."""
     k = settings.min_cell_size
-    per_clinic = summarise(outcomes, relief, settings, by=["clinic_id"], pooled_label=None, with_p_values=False)
     counts = per_clinic["n_analysed"].to_list()
     cells = suppress_parts(counts, k).parts
     rows, funnel = [], []
@@ -275,7 +307,8 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
         return frame if frame is not None else compute()
 
     scored = stored_or("scored_sessions", lambda: scored_sessions(ep, se, ps, sunday))
-    outcomes = stored_or("episode_outcomes", lambda: episode_outcomes_from(ep, scored, ps, sunday, settings))
+    outcomes = stored_or("episode_outcomes", lambda: episode_outcomes_from(ep, scored, ps, sunday, settings)
+                         ).select(REPORT_OUTCOME_COLUMNS)
     relief = stored_or("session_relief_table", lambda: session_relief_from(ep, scored, sunday))
     summary = condition_summary_from(outcomes, relief, settings)
     previous = _pooled(outcomes_before(ep, scored, ps, outcomes, sunday, previous_sunday, settings),
@@ -303,7 +336,8 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
     km = km_curves(outcomes).filter(pl.col("at_risk") >= k)  # no curve over fewer than k patients
     trend = _trend(inputs, sunday, scored)
     pooled_rate = pooled["responder_30_rate"] if pooled and pooled["n_analysed"] >= k else None
-    clinics_table, funnel_points = _clinics(outcomes, relief, settings, pooled_rate)
+    clinics_table, funnel_points = _clinics(
+        _per_clinic(outcomes, relief, settings, inputs.stored.get("clinic_condition_summary")), settings, pooled_rate)
     quality = _quality(inputs)
 
     chart_summary = published

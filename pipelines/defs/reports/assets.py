@@ -14,7 +14,7 @@ from pipelines.defs.resources import AnalysisSettings, PipelineConfig, Processed
 from pipelines.outcomes.lineage import code_fingerprint, code_version
 from pipelines.outcomes.metrics import same_records_as_of
 from pipelines.reports.render import write_report
-from pipelines.reports.weekly import ReportInputs, build_report, week_label
+from pipelines.reports.weekly import REPORT_OUTCOME_COLUMNS, ReportInputs, build_report, week_label
 from pipelines.settings import Settings
 
 REPORT_FILES = ("report.html", "report.pdf", "summary.csv")
@@ -27,10 +27,18 @@ REUSABLE = {
     "episode_outcomes": ("episode_outcomes.parquet", True),
     "session_relief_table": ("session_relief.parquet", False),
     "pain_trajectories": ("pain_trajectories.parquet", False),
+    "clinic_condition_summary": ("clinic_condition_summary.parquet", True),
 }
 #: the columns the report reads of a reused table (all when not listed): at a million
-#: episodes session relief has five million rows
-REUSED_COLUMNS = {"session_relief_table": ["episode_id", "session_date", "clinic_id", "condition", "relief"]}
+#: episodes scored sessions and session relief have five to six million rows
+REUSED_COLUMNS = {"scored_sessions": ["episode_id", "session_date", "k", "pre", "post"],
+                  "episode_outcomes": REPORT_OUTCOME_COLUMNS,
+                  "session_relief_table": ["episode_id", "session_date", "clinic_id", "condition", "relief"]}
+#: columns of a reused table read only to compute a later table of REUSABLE, and so not read
+#: when that one is reused too: the post scores (for session relief), a relief row's clinic
+#: (for the clinic summary)
+ONLY_TO_COMPUTE = {"scored_sessions": {"post": "session_relief_table"},
+                   "session_relief_table": {"clinic_id": "clinic_condition_summary"}}
 
 
 def stored_outcomes(store: ProcessedTableIOManager, inputs: str, settings: Settings, sunday: date,
@@ -49,7 +57,7 @@ def stored_outcomes(store: ProcessedTableIOManager, inputs: str, settings: Setti
                                                             sunday)
         return same_records[stamp.as_of]
 
-    found, refused = {}, []
+    same, refused = [], []
     for name, (filename, with_settings) in REUSABLE.items():
         stamp = store.lineage(filename)
         if stamp is None:
@@ -61,10 +69,17 @@ def stored_outcomes(store: ProcessedTableIOManager, inputs: str, settings: Setti
         elif not records_match(stamp):
             refused.append(f"{filename} is as of {stamp.as_of}, and records differ as of {sunday}")
         else:
-            try:
-                found[name] = store.read_file(filename, columns=REUSED_COLUMNS.get(name))
-            except (OSError, pl.exceptions.PolarsError) as exc:
-                refused.append(f"could not read {filename} ({type(exc).__name__})")
+            same.append(name)
+    found = {}
+    for name in reversed(same):  # a table's ONLY_TO_COMPUTE columns depend on the later tables read
+        filename = REUSABLE[name][0]
+        unused = {column for column, table in ONLY_TO_COMPUTE.get(name, {}).items() if table in found}
+        columns = [c for c in REUSED_COLUMNS[name] if c not in unused] if name in REUSED_COLUMNS else None
+        try:
+            found[name] = store.read_file(filename, columns=columns)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            refused.append(f"could not read {filename} ({type(exc).__name__})")
+    found = {name: found[name] for name in REUSABLE if name in found}
     said = f"reused {', '.join(found)} (same records)" if found else "reused nothing"
     return found, said + (f"; recomputed: {'; '.join(refused)}" if refused else "")
 
