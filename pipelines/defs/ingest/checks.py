@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 
 from pipelines.defs.resources import ProcessedTableIOManager
+from pipelines.ingest import checks_logic as logic
 
 COUNTS = ["accepted", "duplicate", "superseded", "rejected"]
 
@@ -58,58 +59,51 @@ def accepted_keys_and_references(processed_io_manager: dg.ResourceParam[Processe
     # cannot carry the "columns" metadata)
     tables = {name: processed_io_manager.read(name, columns) for name, columns in COLUMNS.items()}
     episodes, sessions, pain_scores = tables["episodes"], tables["sessions"], tables["pain_scores"]
+    # each session's episode, looked up once for both reference checks
+    linked = logic.sessions_with_episode(sessions, episodes)
     yield episodes_key_unique(episodes)
     yield sessions_key_unique(sessions)
     yield pain_scores_key_unique(pain_scores)
-    yield sessions_reference_episodes(sessions, episodes)
-    yield pain_scores_reference_sessions(pain_scores, sessions, episodes)
+    yield sessions_reference_episodes(sessions, episodes, linked=linked)
+    yield pain_scores_reference_sessions(pain_scores, sessions, episodes, linked=linked)
 
 
 def episodes_key_unique(episodes: pl.DataFrame) -> dg.AssetCheckResult:
-    dupes = episodes.filter(pl.col("episode_id").is_duplicated()).height
+    dupes = logic.duplicated_rows(episodes, ["episode_id"])
     return dg.AssetCheckResult(asset_key="episodes", check_name="episodes_key_unique", passed=dupes == 0,
                                metadata={"duplicate_keys": dupes})
 
 
 def sessions_key_unique(sessions: pl.DataFrame) -> dg.AssetCheckResult:
-    dupes = sessions.filter(pl.col("session_id").is_duplicated()).height
+    dupes = logic.duplicated_rows(sessions, ["session_id"])
     return dg.AssetCheckResult(asset_key="sessions", check_name="sessions_key_unique", passed=dupes == 0,
                                metadata={"duplicate_keys": dupes})
 
 
 def pain_scores_key_unique(pain_scores: pl.DataFrame) -> dg.AssetCheckResult:
-    followup = pl.col("timepoint") == "followup"
-
-    def duplicated(rows: pl.Expr, key: list[str]) -> int:  # rows sharing their key with another row
-        return (pain_scores.lazy().filter(rows).group_by(key).len().filter(pl.col("len") > 1)
-                .select(pl.col("len").sum()).collect().item() or 0)
-
-    prepost = duplicated(~followup, ["session_id", "timepoint"])
-    follow = duplicated(followup, ["episode_id", "recorded_on"])
+    prepost, follow = logic.score_key_counts(pain_scores)
     return dg.AssetCheckResult(asset_key="pain_scores", check_name="pain_scores_key_unique",
                                passed=prepost + follow == 0,
-                               metadata={"duplicate_prepost_keys": int(prepost), "duplicate_followup_keys": int(follow)})
+                               metadata={"duplicate_prepost_keys": prepost, "duplicate_followup_keys": follow})
 
 
-def sessions_reference_episodes(sessions: pl.DataFrame, episodes: pl.DataFrame) -> dg.AssetCheckResult:
-    joined = sessions.join(episodes.select("episode_id", "referral_date"), on="episode_id", how="left")
-    orphans = joined.filter(pl.col("referral_date").is_null()).height
-    early = joined.filter(pl.col("session_date") < pl.col("referral_date")).height
+def sessions_reference_episodes(sessions: pl.DataFrame, episodes: pl.DataFrame,
+                                linked: pl.DataFrame | None = None) -> dg.AssetCheckResult:
+    """``linked``: ``logic.sessions_with_episode`` of these sessions and episodes, when already made."""
+    if linked is None:
+        linked = logic.sessions_with_episode(sessions, episodes.select("episode_id", "referral_date"))
+    orphans, early = logic.session_reference_counts(linked)
     return dg.AssetCheckResult(asset_key="sessions", check_name="sessions_reference_episodes",
                                passed=orphans == 0 and early == 0,
                                metadata={"orphan_sessions": orphans, "sessions_before_referral": early})
 
 
-def pain_scores_reference_sessions(pain_scores: pl.DataFrame, sessions: pl.DataFrame,
-                                   episodes: pl.DataFrame) -> dg.AssetCheckResult:
-    scores = pain_scores.lazy()
-    orphans = (scores.select("episode_id").join(episodes.lazy().select("episode_id"), on="episode_id", how="anti")
-               .select(pl.len()).collect().item())
-    # a pre/post score whose (session_id, episode_id) is no accepted session's: a missing session,
-    # or a session of another episode (session_id is unique among sessions: checked above)
-    wrong = (scores.filter(pl.col("timepoint") != "followup").select("session_id", "episode_id")
-             .join(sessions.lazy().select("session_id", "episode_id"), on=["session_id", "episode_id"], how="anti")
-             .select(pl.len()).collect().item())
+def pain_scores_reference_sessions(pain_scores: pl.DataFrame, sessions: pl.DataFrame, episodes: pl.DataFrame,
+                                   linked: pl.DataFrame | None = None) -> dg.AssetCheckResult:
+    """``linked``: ``logic.sessions_with_episode`` of these sessions and episodes, when already made."""
+    if linked is None:
+        linked = logic.sessions_with_episode(sessions.select("session_id", "episode_id"), episodes.select("episode_id"))
+    orphans, wrong = logic.score_reference_counts(pain_scores, linked, episodes)
     return dg.AssetCheckResult(asset_key="pain_scores", check_name="pain_scores_reference_sessions",
                                passed=orphans == 0 and wrong == 0,
                                metadata={"scores_without_episode": orphans, "prepost_without_own_session": wrong})
