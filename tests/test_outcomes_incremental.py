@@ -535,9 +535,15 @@ def test_the_weekly_pipeline_run_splices_and_equals_a_fresh_full_run(tmp_path):
         assert_frame_equal(mine[name], theirs[name], check_exact=True)
     for name in ("rejected_rows.csv", "ingest_audit.csv"):
         assert (work / "processed" / name).read_bytes() == (fresh / "processed" / name).read_bytes(), name
-    for name in ("scored_sessions.parquet", "episode_outcomes.parquet", inc.DIGESTS_FILE):
+    # the tables computed from the spliced ones carry their stamps (the report reuses them by these)
+    for name in ("scored_sessions.parquet", "episode_outcomes.parquet", inc.DIGESTS_FILE, "session_relief.parquet",
+                 "pain_trajectories.parquet", "clinic_condition_summary.parquet"):
         assert (work / "processed" / name).read_bytes() == (fresh / "processed" / name).read_bytes(), name
         assert read_lineage(work / "processed" / name) == read_lineage(fresh / "processed" / name)
+    for name, source in (("session_relief.parquet", "scored_sessions.parquet"),
+                         ("pain_trajectories.parquet", "scored_sessions.parquet"),
+                         ("clinic_condition_summary.parquet", "episode_outcomes.parquet")):
+        assert read_lineage(work / "processed" / name) == read_lineage(work / "processed" / source), name
     assert (work / "processed" / "condition_summary.csv").read_bytes() == \
         (fresh / "processed" / "condition_summary.csv").read_bytes()
 

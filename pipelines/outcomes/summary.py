@@ -28,6 +28,11 @@ SUMMARY_SCHEMA = {"condition": pl.String, "n_episodes": pl.Int64, "n_analysed": 
                   **{c: pl.Float64 for c in _FLOAT_COLUMNS}, "suppressed": pl.Boolean}
 
 
+#: the episode_outcomes columns the statistics read (with the grouping columns)
+STATISTICS_COLUMNS = ["analysed", "change", "baseline_pain", "final_pain", "responder_30", "responder_50",
+                      "sessions_attended", "prescribed_sessions", "sessions_to_response", "response_observed"]
+
+
 def _mean(values: np.ndarray) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
@@ -38,33 +43,47 @@ def _kaplan_meier(analysed: pl.DataFrame, by: list[str]) -> dict[tuple, dict]:
     return {tuple(row[c] for c in by): row for row in table.iter_rows(named=True)}
 
 
-def group_statistics(outcomes: pl.DataFrame, relief: pl.DataFrame | None, settings: Settings,
-                     with_p_value: bool = True, km: dict | None = None, relief_mean: float | None = None) -> dict:
-    """Every METRICS.md statistic for one group of episodes (all of them, analysed or not).
+class _Columns:
+    """The columns the statistics read, each converted to numpy once for all groups.
 
-    ``km`` is the group's row of :func:`pipelines.outcomes.km.km_statistics` when the
-    caller estimated every group's curve at once; without it the curve is estimated here.
-    ``relief`` is the group's session relief table; a caller that averaged it already
-    passes ``relief=None`` and the mean as ``relief_mean``.
-    """
-    analysed = outcomes.filter(pl.col("analysed"))
-    change = analysed["change"].to_numpy().astype(np.float64)
+    A group's values are taken from these arrays by row index, in row order: the same
+    arrays, value for value, as filtering the group's frame and converting it, so every
+    statistic is computed on exactly the numbers it was computed on before (nulls are NaN
+    in float columns, as ``to_numpy`` gives them; flags are the rows a polars filter keeps)."""
+
+    def __init__(self, outcomes: pl.DataFrame):
+        flags = outcomes.select(pl.col("analysed", "responder_30", "responder_50").fill_null(False),
+                                pl.col("prescribed_sessions").is_not_null().alias("prescribed"))
+        self.analysed, self.responder_30, self.responder_50, self.prescribed = (
+            flags[c].to_numpy() for c in ("analysed", "responder_30", "responder_50", "prescribed"))
+        self.change, self.baseline, self.final, self.attended, self.prescribed_sessions = (
+            outcomes[c].to_numpy() for c in ("change", "baseline_pain", "final_pain", "sessions_attended",
+                                              "prescribed_sessions"))
+
+
+def _statistics(columns: _Columns, rows: np.ndarray | slice, settings: Settings, with_p_value: bool, km: dict | None,
+                relief_mean: float | None) -> dict:
+    """Every METRICS.md statistic of the episodes ``rows`` of ``columns`` (see group_statistics)."""
+    analysed = columns.analysed[rows]
+    change = columns.change[rows][analysed].astype(np.float64)
     n = len(change)
     mean_change, ci_low, ci_high = stats.mean_with_t_interval(change)
-    r30 = stats.wilson_interval(int(analysed["responder_30"].sum()), n)
-    r50 = stats.wilson_interval(int(analysed["responder_50"].sum()), n)
-    if km is None and n:
-        km = _kaplan_meier(analysed, [])[()]
+    r30 = stats.wilson_interval(int(np.count_nonzero(columns.responder_30[rows][analysed])), n)
+    r50 = stats.wilson_interval(int(np.count_nonzero(columns.responder_50[rows][analysed])), n)
     km = km or {}
     median, median_low, median_high = km.get("median"), km.get("median_low"), km.get("median_high")
     improved = [km.get(f"improved_by_{s}") for s in stats.IMPROVED_BY_SESSIONS]
-    attended = outcomes.filter(pl.col("sessions_attended") >= 1)
-    prescribed = attended.filter(pl.col("prescribed_sessions").is_not_null())
+    attended_all = columns.attended[rows]
+    attended = attended_all >= 1  # a missing count (NaN) is not >= 1, as a polars filter drops it
+    prescribed = attended & columns.prescribed[rows]
+    with np.errstate(divide="ignore", invalid="ignore"):  # polars gives inf and NaN here too
+        adherence = (attended_all[prescribed].astype(np.float64)
+                     / columns.prescribed_sessions[rows][prescribed].astype(np.float64))
     return {
-        "n_episodes": outcomes.height,
+        "n_episodes": len(analysed),
         "n_analysed": n,
-        "baseline_mean": _mean(analysed["baseline_pain"].to_numpy().astype(np.float64)),
-        "final_mean": _mean(analysed["final_pain"].to_numpy().astype(np.float64)),
+        "baseline_mean": _mean(columns.baseline[rows][analysed].astype(np.float64)),
+        "final_mean": _mean(columns.final[rows][analysed].astype(np.float64)),
         "mean_change": mean_change,
         "mean_change_ci_low": ci_low,
         "mean_change_ci_high": ci_high,
@@ -79,11 +98,55 @@ def group_statistics(outcomes: pl.DataFrame, relief: pl.DataFrame | None, settin
         "improved_by_session_3": improved[0],
         "improved_by_session_6": improved[1],
         "improved_by_session_10": improved[2],
-        "mean_sessions_attended": _mean(attended["sessions_attended"].to_numpy().astype(np.float64)),
-        "adherence": _mean((prescribed["sessions_attended"] / prescribed["prescribed_sessions"]).to_numpy()),
-        "immediate_relief_mean": relief_mean if relief is None else _mean(relief["relief"].to_numpy().astype(np.float64)),
+        "mean_sessions_attended": _mean(attended_all[attended].astype(np.float64)),
+        "adherence": _mean(adherence),
+        "immediate_relief_mean": relief_mean,
         "suppressed": n < settings.min_cell_size,
     }
+
+
+def group_statistics(outcomes: pl.DataFrame, relief: pl.DataFrame | None, settings: Settings,
+                     with_p_value: bool = True, km: dict | None = None, relief_mean: float | None = None) -> dict:
+    """Every METRICS.md statistic for one group of episodes (all of them, analysed or not).
+
+    ``km`` is the group's row of :func:`pipelines.outcomes.km.km_statistics` when the
+    caller estimated every group's curve at once; without it the curve is estimated here.
+    ``relief`` is the group's session relief table; a caller that averaged it already
+    passes ``relief=None`` and the mean as ``relief_mean``.
+    """
+    outcomes = outcomes.select(STATISTICS_COLUMNS)
+    return _all_of(outcomes, _Columns(outcomes), relief, settings, with_p_value, km, relief_mean)
+
+
+def _all_of(outcomes: pl.DataFrame, columns: _Columns, relief: pl.DataFrame | None, settings: Settings,
+            with_p_value: bool, km: dict | None, relief_mean: float | None) -> dict:
+    """:func:`group_statistics` of every row of ``outcomes``, whose ``columns`` are given."""
+    if km is None and columns.analysed.any():
+        km = _kaplan_meier(outcomes.filter(pl.col("analysed")), [])[()]
+    if relief is not None:
+        relief_mean = _mean(relief["relief"].to_numpy().astype(np.float64))
+    return _statistics(columns, slice(None), settings, with_p_value, km, relief_mean)
+
+
+def _group_rows(frame: pl.DataFrame, by: list[str]) -> list[tuple[tuple, np.ndarray]]:
+    """Every group of ``by`` in ``frame`` (missing values form a group) with its row numbers,
+    in row order.
+
+    Found per run of rows with the same keys, not per row: session relief comes in runs of
+    one episode's sessions, so its five million rows at a million episodes are grouped as
+    a million runs."""
+    position = pl.int_range(pl.len(), dtype=pl.Int64)
+    new_run = pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift()) for c in by]) | (position == 0)
+    runs = frame.select(*by, position.alias("_start")).filter(new_run)
+    groups = runs.with_row_index("_run").group_by(by).agg(pl.col("_run").sort())
+    order = groups["_run"].explode().to_numpy()
+    starts = runs["_start"].to_numpy()
+    lengths = np.diff(np.append(starts, frame.height))[order]
+    first = np.repeat(starts[order] - (np.cumsum(lengths) - lengths), lengths)
+    rows = first + np.arange(len(first))
+    group_ends = np.cumsum(groups["_run"].list.len().to_numpy().astype(np.int64))  # in runs
+    row_ends = np.cumsum(lengths)[group_ends - 1] if len(order) else group_ends
+    return list(zip(groups.select(by).iter_rows(), np.split(rows, row_ends[:-1])))
 
 
 def summarise(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings,
@@ -92,26 +155,34 @@ def summarise(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings,
 
     The pooled row pools every episode; q_value is Benjamini-Hochberg over the group rows
     with a p (suppressed ones included) and the pooled row keeps its p as its q.
+    ``outcomes`` needs ``by`` and :data:`STATISTICS_COLUMNS` (and episode_id when ``relief``
+    lacks a column of ``by``); ``relief`` needs ``by`` (or episode_id) and relief.
     """
     rows: list[dict] = []
     missing = [c for c in by if c not in relief.columns]
     if missing:  # e.g. age_band: take each session's group from its episode
-        relief = relief.join(outcomes.select("episode_id", *missing), on="episode_id", how="left")
-    relief_means = {tuple(row[:-1]): row[-1] for row in
-                    relief.group_by(by).agg(pl.col("relief").cast(pl.Float64).mean()).iter_rows()}
+        relief = relief.join(outcomes.select("episode_id", *missing), on="episode_id", how="left",
+                             maintain_order="left")
+    # each group's mean summed by numpy in row order, as the pooled row's: polars' grouped
+    # mean adds in an order that varies from run to run (in the last bits of the result)
+    present = relief.filter(pl.col("relief").is_not_null())
+    values = present["relief"].to_numpy().astype(np.float64)
+    relief_means = {keys: _mean(values[rows]) for keys, rows in _group_rows(present, by)}
+    outcomes = outcomes.select(*by, *STATISTICS_COLUMNS)
     # groups in sorted order, a missing value (None) last
-    ordered = sorted(outcomes.partition_by(by, as_dict=True).items(),
+    ordered = sorted(_group_rows(outcomes, by),
                      key=lambda item: tuple((v is None, v if v is not None else "") for v in item[0]))
     curves = _kaplan_meier(outcomes.filter(pl.col("analysed")), by)  # every group's curve in one pass
-    for keys, group in ordered:
-        stats_row = group_statistics(group, None, settings, with_p_values, km=curves.get(keys, {}),
-                                     relief_mean=relief_means.get(keys))
+    columns = _Columns(outcomes)
+    for keys, group_rows in ordered:
+        stats_row = _statistics(columns, group_rows, settings, with_p_values, curves.get(keys, {}),
+                                relief_means.get(keys))
         rows.append({**dict(zip(by, keys)), **stats_row})
     with_p = [r for r in rows if r["p_value"] is not None]
     for row, q in zip(with_p, stats.benjamini_hochberg([r["p_value"] for r in with_p])):
         row["q_value"] = q
     if pooled_label is not None:
-        pooled = group_statistics(outcomes, relief, settings, with_p_values)
+        pooled = _all_of(outcomes, columns, relief, settings, with_p_values, None, None)
         pooled["q_value"] = pooled["p_value"]
         rows.append({**{c: pooled_label for c in by}, **pooled})
     schema = {**{c: pl.String for c in by}, "n_episodes": pl.Int64, "n_analysed": pl.Int64,

@@ -20,15 +20,15 @@ from pipelines.outcomes.lineage import Lineage, code_fingerprint, inputs_digest
 from pipelines.outcomes.metrics import episode_outcomes_from, episodes_as_of, scored_sessions as compute_scored
 from pipelines.outcomes.metrics import session_relief_from
 from pipelines.outcomes.summary import clinic_condition_summary as compute_clinic_summary
-from pipelines.outcomes.summary import condition_summary_from
+from pipelines.outcomes.summary import STATISTICS_COLUMNS, condition_summary_from
+from pipelines.outcomes.tables import KM_COLUMNS
 from pipelines.outcomes.tables import km_curves as compute_km_curves
 from pipelines.outcomes.tables import pain_trajectories as compute_trajectories
 
 GROUP = "outcomes"
 IO = "processed_io_manager"
 
-# Each step reads only the columns it uses of the large accepted tables (see ProcessedTableIOManager).
-_AS_OF = {"sessions": ["session_date"], "pain_scores": ["timepoint", "recorded_on"]}  # resolve_as_of
+# Each step reads only the columns it uses of the large tables (see ProcessedTableIOManager).
 # follow-ups are matched by episode_id and recorded_on (scored_sessions reads the columns the
 # input digests hash: pipelines.outcomes.incremental.SCORE_COLUMNS)
 _FOLLOWUP_SCORES = ["episode_id", "timepoint", "score", "recorded_on"]
@@ -47,11 +47,16 @@ def accepted_digest(paths: PipelineConfig, audit: pl.DataFrame, episodes: pl.Dat
                          {"episodes": episodes.height, "sessions": sessions.height, "pain_scores": pain_scores.height})
 
 
-def _stamp(context: dg.AssetExecutionContext, inputs: str, as_of, settings: dict | None = None) -> None:
-    """Record what the table was computed from; the I/O manager stores it in the Parquet footer,
-    and the weekly report reuses the table only when its own inputs match."""
-    lineage = Lineage(inputs=inputs, as_of=as_of.isoformat(), code=code_fingerprint(), settings=settings)
+def _stamp_as(context: dg.AssetExecutionContext, store: ProcessedTableIOManager, filename: str) -> Lineage:
+    """Stamp the step's table with the stamp of this run's ``filename``, the table it is
+    computed from: the same accepted tables, as-of date, code (and settings, which the two
+    share or neither has). The I/O manager stores the stamp in the Parquet footer, and the
+    weekly report reuses the table only when its own inputs match. Returns the stamp."""
+    lineage = store.lineage(filename)
+    if lineage is None:
+        raise dg.Failure(description=f"{filename}, which this step is computed from, has no lineage")
     context.add_output_metadata({"lineage": lineage.to_json()})
+    return lineage
 
 
 def _md(frame: pl.DataFrame, rows: int = 20) -> dg.MetadataValue:
@@ -146,18 +151,21 @@ def episode_outcomes(context: dg.AssetExecutionContext, paths: PipelineConfig, a
 
 
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "session_relief.parquet"},
-          ins=_columns(**_AS_OF),
+          ins=_columns(episodes=["episode_id", "referral_date", "clinic_id", "condition"]),
           description="Within-session relief (pre - post) of every session with both scores, as of the as-of date.")
-def session_relief_table(context: dg.AssetExecutionContext, paths: PipelineConfig,
-                         analysis_settings: AnalysisSettings, episodes: pl.DataFrame, sessions: pl.DataFrame,
-                         pain_scores: pl.DataFrame, scored_sessions: pl.DataFrame,
-                         ingest_audit: pl.DataFrame) -> pl.DataFrame:
-    as_of = paths.resolve_as_of(sessions, pain_scores, analysis_settings.timezone)
-    _stamp(context, accepted_digest(paths, ingest_audit, episodes, sessions, pain_scores), as_of)
+def session_relief_table(context: dg.AssetExecutionContext,
+                         processed_io_manager: dg.ResourceParam[ProcessedTableIOManager],
+                         episodes: pl.DataFrame, scored_sessions: pl.DataFrame) -> pl.DataFrame:
+    as_of = _stamp_as(context, processed_io_manager, _SCORED_FILE).as_of_date()
     return session_relief_from(episodes, scored_sessions, as_of)
 
 
+def _summary_inputs(*by: str) -> dict[str, dg.AssetIn]:
+    return _columns(episode_outcomes=[*by, *STATISTICS_COLUMNS], session_relief_table=[*by, "relief"])
+
+
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "condition_summary.csv"},
+          ins=_summary_inputs("condition"),
           description="Per-condition outcomes with the ALL row, every column of METRICS.md.")
 def condition_summary(context: dg.AssetExecutionContext, analysis_settings: AnalysisSettings,
                       episode_outcomes: pl.DataFrame, session_relief_table: pl.DataFrame) -> pl.DataFrame:
@@ -169,24 +177,28 @@ def condition_summary(context: dg.AssetExecutionContext, analysis_settings: Anal
 
 
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "clinic_condition_summary.parquet"},
+          ins=_summary_inputs("clinic_id", "condition"),
           description="The condition summary per clinic and condition (with a per-clinic ALL), for funnel plots.")
-def clinic_condition_summary(analysis_settings: AnalysisSettings, episode_outcomes: pl.DataFrame,
-                             session_relief_table: pl.DataFrame) -> pl.DataFrame:
+def clinic_condition_summary(context: dg.AssetExecutionContext, analysis_settings: AnalysisSettings,
+                             processed_io_manager: dg.ResourceParam[ProcessedTableIOManager],
+                             episode_outcomes: pl.DataFrame, session_relief_table: pl.DataFrame) -> pl.DataFrame:
+    _stamp_as(context, processed_io_manager, _OUTCOMES_FILE)
     return compute_clinic_summary(episode_outcomes, session_relief_table, analysis_settings.to_settings())
 
 
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "pain_trajectories.parquet"},
-          ins=_columns(**_AS_OF),
+          ins=_columns(episodes=["episode_id", "referral_date", "condition"],
+                       scored_sessions=["episode_id", "k", "pre"]),
           description="Mean pre-session pain by session number per condition (and ALL), with n and 95% t interval.")
-def pain_trajectories(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings,
-                      episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
-                      scored_sessions: pl.DataFrame, ingest_audit: pl.DataFrame) -> pl.DataFrame:
-    as_of = paths.resolve_as_of(sessions, pain_scores, analysis_settings.timezone)
-    _stamp(context, accepted_digest(paths, ingest_audit, episodes, sessions, pain_scores), as_of)
+def pain_trajectories(context: dg.AssetExecutionContext,
+                      processed_io_manager: dg.ResourceParam[ProcessedTableIOManager],
+                      episodes: pl.DataFrame, scored_sessions: pl.DataFrame) -> pl.DataFrame:
+    as_of = _stamp_as(context, processed_io_manager, _SCORED_FILE).as_of_date()
     return compute_trajectories(scored_sessions, episodes_as_of(episodes, as_of))
 
 
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "km_curves.parquet"},
+          ins=_columns(episode_outcomes=list(KM_COLUMNS)),
           description="Kaplan-Meier curves of sessions to response per condition (and ALL): S(t), band, at risk.")
 def km_curves(episode_outcomes: pl.DataFrame) -> pl.DataFrame:
     return compute_km_curves(episode_outcomes)
