@@ -97,17 +97,10 @@ def _digest(audit, ep, se, ps):
     return accepted_digest(PipelineConfig(), audit, ep, se, ps)
 
 
-#: reusable tables the outcomes job may not stamp yet (pipelines/defs/outcomes/assets.py): the
-#: report computes them itself until it does; the tests below stamp a copy as it would
-NOT_YET_STAMPED = {"clinic_condition_summary"}
-
-
 def test_run_stamps_the_reusable_tables(main_report):  # noqa: F811
     ep, se, ps, audit, _ = _accepted(main_report.processed_dir)
     for name, (filename, with_settings) in REUSABLE.items():
         stamp = read_lineage(main_report.processed_dir / filename)
-        if stamp is None and name in NOT_YET_STAMPED:
-            continue
         assert stamp is not None, name
         assert stamp.inputs == _digest(audit, ep, se, ps)
         assert stamp.as_of == main_report.as_of
@@ -142,16 +135,9 @@ def _assert_same_report(reused, recomputed):
 
 @pytest.fixture
 def stored(main_report, tmp_path):  # noqa: F811
-    """A writable copy of the run's processed folder, and its accepted tables. A table of
-    NOT_YET_STAMPED without a stamp gets the one the outcomes job would write: that of the
-    episode outcomes it is computed from (same accepted tables, as-of date, code, settings)."""
+    """A writable copy of the run's processed folder, and its accepted tables."""
     processed = tmp_path / "processed"
     shutil.copytree(main_report.processed_dir, processed, ignore=shutil.ignore_patterns(".cache"))
-    for name in NOT_YET_STAMPED:
-        path = processed / REUSABLE[name][0]
-        if read_lineage(path) is None:
-            pl.read_parquet(path).write_parquet(
-                path, metadata={STAMP_KEY: read_lineage(processed / "episode_outcomes.parquet").to_json()})
     ep, se, ps, audit, _ = _accepted(processed)
     return processed, ep, se, ps, audit
 
@@ -325,10 +311,9 @@ def test_pipeline_as_of_midweek_recomputes_the_report(tmp_path):
     assert outcome.success, outcome.failure
     events = instance.fetch_materializations(dg.AssetKey("weekly_report"), limit=1).records
     said = events[0].asset_materialization.metadata["outcomes"].value
-    assert said.startswith("reused scored_sessions, episode_outcomes, session_relief_table, pain_trajectories")
-    # (and the clinic summary too once the outcomes job stamps it)
-    assert "recomputed" not in said or said.endswith(
-        "recomputed: clinic_condition_summary.parquet is missing or has no lineage")
+    assert said.startswith("reused scored_sessions, episode_outcomes, session_relief_table, pain_trajectories, "
+                           "clinic_condition_summary")
+    assert "recomputed" not in said
 
 
 def test_code_fingerprint_follows_every_edit(tmp_path, monkeypatch):
