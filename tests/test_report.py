@@ -554,7 +554,7 @@ def test_publish_folder_without_renameat2(tmp_path, monkeypatch):
     """Where the atomic exchange is unsupported, the fallback still replaces and cleans up."""
     from pipelines.reports import render
 
-    monkeypatch.setattr(render, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(render, "exchange_paths", lambda a, b: False)
     target = tmp_path / WEEK
     target.mkdir()
     (target / "old.txt").write_text("old")

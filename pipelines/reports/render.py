@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import ctypes
-import ctypes.util
 import gc
 import io
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from pipelines.io import exchange_paths
 from pipelines.reports.charts import figure_to_png_bytes, prepare_png_rendering
 from pipelines.reports.methods import methods_paragraphs
 from pipelines.reports.weekly import FigureItem, ReportContent
@@ -384,34 +384,12 @@ def _binary_streams():
         rl_config.useA85 = previous
 
 
-_RENAME_EXCHANGE = 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported,
-    an OSError for any other failure (then the two-rename fallback must not run)."""
-    import errno
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd = -100
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), str(a))
-
-
 def publish_folder(staging: Path, target: Path) -> None:
     """Move a complete staging folder to ``target``, replacing an earlier one atomically."""
     if not target.exists():
         os.rename(staging, target)
         return
-    if _exchange(staging, target):
+    if exchange_paths(staging, target):
         shutil.rmtree(staging)  # staging now holds the old folder
         return
     old = target.with_name(f".{target.name}.old")
