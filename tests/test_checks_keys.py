@@ -1,5 +1,5 @@
 """The key and reference checks of the accepted tables (pipelines.defs.ingest.checks on
-pipelines.ingest.checks_logic): each one fails on the break it is for and passes on good
+pipelines.checks): each one fails on the break it is for and passes on good
 tables, and every count equals the plain polars definition below, also when 64-bit hashes
 collide (forced by replacing the hash)."""
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pipelines.defs.ingest import checks
 from pipelines.defs.resources import ProcessedTableIOManager
-from pipelines.ingest import checks_logic
+from pipelines import checks as checks_logic
 
 D = dt.date(2026, 1, 5)
 EPISODES = {"episode_id": pl.String, "referral_date": pl.Date}

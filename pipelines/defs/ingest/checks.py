@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from pipelines.defs.resources import ProcessedTableIOManager
-from pipelines.ingest import checks_logic as logic
+from pipelines import checks as logic
 
 COUNTS = ["accepted", "duplicate", "superseded", "rejected"]
 

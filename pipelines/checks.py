@@ -12,6 +12,9 @@ score's episode is then known from its session's.
 Each count equals the one of the plain polars expression named in its docstring, nulls
 included (``tests/test_checks_keys.py`` compares them on random tables, with forced
 collisions).
+
+It lives outside ``pipelines.ingest`` on purpose: that package's source is part of the
+ingest state's identity, and a change to the checks must not make ingest settle every row.
 """
 
 from __future__ import annotations
