@@ -29,9 +29,31 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 from test_ingest_property import TODAY, raw_folder
 
-from pipelines.ingest import ingest_folder
+from pipelines.ingest import core, ingest_folder
+from pipelines.ingest import state as state_module
 
 TABLES = ("episodes", "sessions", "pain_scores", "rejected", "audit")
+
+
+@pytest.fixture(autouse=True)
+def small_parts_read_back(monkeypatch):
+    """State parts of 3 rows, so that these small folders have many and later runs link the
+    unchanged ones; and every state saved must read back as exactly the state computed."""
+    monkeypatch.setattr(state_module, "PART_ROWS", 3)
+    save = core.save_state
+
+    def save_and_compare(folder, state, identity):
+        save(folder, state, identity)
+        loaded = state_module.load_state(folder, identity)
+        assert loaded is not None and loaded.files == state.files and loaded.today == state.today
+        assert_frame_equal(loaded.ragged, state.ragged, check_exact=True)
+        assert (loaded.counts == state.counts).all()
+        for table, saved in state.tables.items():
+            read = loaded.table(table)
+            for part in state_module.TABLE_PARTS:
+                assert_frame_equal(getattr(read, part), getattr(saved, part), check_exact=True), (table, part)
+
+    monkeypatch.setattr(core, "save_state", save_and_compare)
 
 
 def assert_same(got, want):
@@ -151,7 +173,7 @@ def test_what_settles_every_row_again(tmp_path, change):
     elif change == "earlier":
         today = date(2026, 2, 1)
     elif change == "damage":
-        part = cache / "settled" / "sessions.accepted.arrow"
+        part = cache / "settled" / "sessions.accepted.00000.arrow"
         part.write_bytes(part.read_bytes()[:-20])
     elif change == "vocabulary":
         vocab_file = tmp_path / "conditions.csv"
@@ -176,7 +198,7 @@ def test_a_state_part_damaged_after_loading_settles_everything(tmp_path, monkeyp
                 "w1/sessions.csv": (SESSIONS + "S1,E1,T1,2026-01-10\n").encode()})
     run_both(raw, cache, today)
     write(raw, {"w2/sessions.csv": (SESSIONS + "S2,E1,T1,2026-01-17\n").encode()})
-    part = cache / "settled" / "pain_scores.others.arrow"
+    part = cache / "settled" / "pain_scores.others.00000.arrow"
     part.write_bytes(b"x" + part.read_bytes()[1:])
     got = ingest_folder(raw, today, cache_dir=cache)
     assert got.incremental is None and "damaged" in got.full_reason
@@ -200,3 +222,73 @@ def test_state_folders_of_killed_runs_are_removed(tmp_path):
     run_both(raw, cache, today)
     left = sorted(p.name for p in cache.iterdir())
     assert left == sorted([f".settled.{alive}.efgh5678", "entries", "manifest.json", "settled"])
+
+
+def test_a_weekly_state_links_the_parts_it_keeps_and_checks_them(tmp_path):
+    """A new week's rows come last: the state's leading full parts are the last state's
+    files (the same inode), only the rest is written; a linked part damaged later is found."""
+    raw, cache, today = tmp_path / "raw", tmp_path / "cache", date(2026, 3, 1)
+    episodes = "".join(f"E{i},P{i},C1,LBP,2026-01-05\n" for i in range(10))
+    sessions = "".join(f"S{i},E{i},T1,2026-01-10\n" for i in range(10))
+    write(raw, {"w1/episodes.csv": (EPISODES + episodes).encode(), "w1/sessions.csv": (SESSIONS + sessions).encode()})
+    run_both(raw, cache, today)
+    settled = cache / "settled"
+    before = {p.name: p.stat().st_ino for p in settled.glob("sessions.accepted.*.arrow")}
+    assert len(before) == 4  # 10 rows in parts of 3
+    write(raw, {"w2/sessions.csv": (SESSIONS + "S10,E1,T1,2026-01-17\nS11,E2,T1,2026-01-17\n").encode()})
+    got = run_both(raw, cache, today)
+    assert got.incremental is not None
+    after = {p.name: p.stat().st_ino for p in settled.glob("sessions.accepted.*.arrow")}
+    assert len(after) == 4  # 12 rows
+    linked = sorted(name for name in after if before.get(name) == after[name])
+    assert linked == ["sessions.accepted.00000.arrow", "sessions.accepted.00001.arrow",
+                      "sessions.accepted.00002.arrow"]
+    # a correction to an old session: its part and every part after it are written again
+    write(raw, {"w3/sessions.csv": (SESSIONS + "S4,E4,T1,2026-01-11\n").encode()})
+    run_both(raw, cache, today)
+    again = {p.name: p.stat().st_ino for p in settled.glob("sessions.accepted.*.arrow")}
+    assert sorted(name for name in again if after.get(name) == again[name]) == ["sessions.accepted.00000.arrow"]
+    part = settled / "sessions.accepted.00000.arrow"
+    part.write_bytes(part.read_bytes()[:-8] + b"\0" * 8)
+    write(raw, {"w4/sessions.csv": (SESSIONS + "S12,E3,T1,2026-01-24\n").encode()})
+    got = run_both(raw, cache, today)
+    assert got.incremental is None and "damaged" in got.full_reason
+
+
+def linked_parts(settled: Path, frame: str, run) -> list[str]:
+    """The part files of ``frame`` that ``run()`` kept (hard-linked) from the last state."""
+    before = {p.name: p.stat().st_ino for p in settled.glob(f"{frame}.*.arrow")}
+    run()
+    return sorted(p.name for p in settled.glob(f"{frame}.*.arrow") if before.get(p.name) == p.stat().st_ino)
+
+
+def test_a_file_inserted_in_the_order_renumbers_the_rows_after_it(tmp_path):
+    """A new file (even an ignored one) sorting among old ones renumbers the files after it:
+    no part holding a row of those is linked (the autouse check reads every state back)."""
+    raw, cache, today = tmp_path / "raw", tmp_path / "cache", date(2026, 3, 1)
+    write(raw, {"b/episodes.csv": (EPISODES + "".join(f"E{i},P{i},C1,LBP,2026-01-05\n" for i in range(7))).encode(),
+                "c/episodes.csv": (EPISODES + "".join(f"F{i},P{i},C1,LBP,2026-01-05\n" for i in range(7))).encode()})
+    run_both(raw, cache, today)
+    write(raw, {"b/notes.txt": b"not an export", "d/episodes.csv": (EPISODES + "G1,P1,C1,LBP,2026-01-05\n").encode()})
+    linked = linked_parts(cache / "settled", "episodes.accepted",
+                          lambda: run_both(raw, cache, today).incremental or pytest.fail("not incremental"))
+    # rows 0-6 are b's (file 0 both times), rows 7-13 c's (file 1, now 2): parts of 3 rows
+    assert linked == ["episodes.accepted.00000.arrow", "episodes.accepted.00001.arrow"]
+
+
+def test_old_rows_accepted_late_are_merged_in_and_the_parts_from_them_on_written(tmp_path):
+    """An episode arriving late accepts an old orphan session in the middle of the file
+    order: nothing leaves the accepted rows, but the parts from that row on are written."""
+    raw, cache, today = tmp_path / "raw", tmp_path / "cache", date(2026, 3, 1)
+    sessions = [f"S{i},E{i},T1,2026-01-10" for i in range(1, 7)] + ["S7,E9,T1,2026-01-10"]
+    sessions += [f"S{i},E1,T1,2026-01-1{i - 7}" for i in range(8, 11)]
+    write(raw, {"a/episodes.csv": (EPISODES + "".join(f"E{i},P{i},C1,LBP,2026-01-05\n" for i in range(1, 7))).encode(),
+                "a/sessions.csv": (SESSIONS + "\n".join(sessions) + "\n").encode()})
+    first = run_both(raw, cache, today)
+    assert first.sessions.height == 9
+    write(raw, {"b/episodes.csv": (EPISODES + "E9,P9,C1,LBP,2026-01-02\n").encode()})
+    second = []
+    linked = linked_parts(cache / "settled", "sessions.accepted", lambda: second.append(run_both(raw, cache, today)))
+    assert second[0].incremental is not None
+    assert second[0].sessions["session_id"].to_list() == [f"S{i}" for i in range(1, 11)]
+    assert linked == ["sessions.accepted.00000.arrow", "sessions.accepted.00001.arrow"]

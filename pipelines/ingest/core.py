@@ -466,8 +466,9 @@ def _order(frame: pl.DataFrame) -> pl.Series:
     return frame.select(order).to_series()
 
 
-def _splice(old: pl.DataFrame, again: np.ndarray, settled: pl.DataFrame) -> pl.DataFrame:
-    """``old`` (in file order) with its rows ``again`` replaced by ``settled`` (in file order).
+def _splice(old: pl.DataFrame, again: np.ndarray, settled: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """``old`` (in file order) with its rows ``again`` replaced by ``settled`` (in file order),
+    and how many leading rows of the result are ``old``'s rows at the same place.
 
     Most rows settled again keep their place (an old row settled as it was, status and all),
     so they stay where they are; the others leave, and the rows that are new to ``old`` are appended
@@ -485,11 +486,25 @@ def _splice(old: pl.DataFrame, again: np.ndarray, settled: pl.DataFrame) -> pl.D
     first = int(np.argmin(keep)) if not keep.all() else old.height
     kept = pl.concat([old.slice(0, first), old.slice(first).filter(pl.Series(keep[first:]))], rechunk=False)
     if new.height == 0:
-        return kept
+        return kept, first
     if kept.height == 0 or _order(new).min() > _order(kept.tail(1)).item():
-        return pl.concat([kept, new], rechunk=False)
+        return pl.concat([kept, new], rechunk=False), first
     with_order = (pl.col("file_idx").cast(pl.Int64) * (1 << 32) + pl.col("line")).alias("_o")
-    return kept.with_columns(with_order).merge_sorted(new.with_columns(with_order), key="_o").drop("_o")
+    kept, new = kept.with_columns(with_order), new.with_columns(with_order)
+    # the old rows strictly before the first new one keep their place
+    before = int((kept.get_column("_o").slice(0, first) < new.get_column("_o").min()).sum())
+    return kept.merge_sorted(new, key="_o").drop("_o"), min(first, before)
+
+
+def _same_files(old: pl.DataFrame, old_to_new: np.ndarray) -> int:
+    """How many leading rows of ``old`` (in file order, ``file_idx`` already renumbered by
+    ``old_to_new``) have the file number they had in the last state. A row numbered below
+    every number given to a renumbered file cannot be one of its rows, so it kept its number."""
+    kept = old_to_new >= 0
+    renumbered = old_to_new[kept & (old_to_new != np.arange(len(old_to_new)))]
+    if not renumbered.size:
+        return old.height
+    return int((old.get_column("file_idx") < renumbered.min()).sum())
 
 
 #: the columns of an accepted row that rule 3 reads in the tables after it
@@ -549,6 +564,7 @@ def _settle(files: list[RawFile], results: dict[int, dict], today: date, previou
     accepted: dict[str, pl.DataFrame] = {}
     changed: dict[str, pl.Series] = {}
     state_tables: dict[str, TableState] = {}
+    unchanged: dict[str, int] = {}
     rejected: list[pl.DataFrame] = [ragged_rows.select(
         _source_file(ragged_rows["file_idx"], source_files), "line", "table", "reasons", "raw")]
     for table in TABLE_ORDER:
@@ -587,8 +603,10 @@ def _settle(files: list[RawFile], results: dict[int, dict], today: date, previou
         del rows, side
         counts += outcome.counts
         if old is not None:
-            table_accepted = _splice(old.accepted, in_acc.to_numpy(), outcome.accepted)
-            others = _splice(old.others, in_oth.to_numpy(), outcome.others)
+            table_accepted, same_acc = _splice(old.accepted, in_acc.to_numpy(), outcome.accepted)
+            others, same_oth = _splice(old.others, in_oth.to_numpy(), outcome.others)
+            unchanged[f"{table}.accepted"] = min(same_acc, _same_files(old.accepted, old_to_new))
+            unchanged[f"{table}.others"] = min(same_oth, _same_files(old.others, old_to_new))
             later = pl.concat([later_kept, *outcome.rejected_later])
             if table in REFERENCED:
                 cols = REFERENCED[table]
@@ -615,7 +633,8 @@ def _settle(files: list[RawFile], results: dict[int, dict], today: date, previou
     audit = _audit(file_rows, counts, rejected_df)
     output = {t: accepted[t].select(*TABLES[t].names, _source_file(accepted[t]["file_idx"], source_files), "line")
               for t in TABLE_ORDER}
-    state = SettledState(files=file_rows, today=today, ragged=ragged_rows, counts=counts, tables=state_tables)
+    state = SettledState(files=file_rows, today=today, ragged=ragged_rows, counts=counts, tables=state_tables,
+                         base=previous, unchanged=unchanged)
     return IngestResult(episodes=output["episodes"], sessions=output["sessions"],
                         pain_scores=output["pain_scores"], rejected=rejected_df, audit=audit), state
 

@@ -47,7 +47,9 @@ import polars as pl
 import pipelines
 from pipelines.io import owner_gone
 
-STATE_FORMAT = "outcomes-ingest-settled-2"
+STATE_FORMAT = "outcomes-ingest-settled-3"
+#: rows per part file of a frame (read when a state is saved, so that tests can make it small)
+PART_ROWS = 1 << 19
 #: the frames of one table's state (TableState's fields)
 TABLE_PARTS = ("accepted", "others", "later", "failed", "kept", "future")
 
@@ -87,7 +89,12 @@ class SettledState:
     #: the tables' states (a loaded state reads each only when asked, :meth:`table`)
     tables: dict[str, TableState] = field(default_factory=dict)
     folder: Path | None = None
+    #: per frame (``<table>.<part>``, ``ragged``, ``counts``): its part files' [rows, length, crc32]
     parts: dict = field(default_factory=dict)
+    #: the state this one was settled from (its folder and parts), and per frame how many
+    #: leading rows are that state's rows as stored: its full parts within them are linked
+    base: "SettledState | None" = None
+    unchanged: dict[str, int] = field(default_factory=dict)
 
     def table(self, name: str) -> TableState:
         """One table's state, read now (one at a time keeps memory to one table's state);
@@ -112,7 +119,8 @@ def state_identity(vocabulary_fingerprint: str) -> dict:
 
 def save_state(folder: Path, state: SettledState, identity: dict) -> None:
     """Write the state to a new folder beside ``folder``, then put it in place with renames
-    (first removing what killed runs left half-written)."""
+    (first removing what killed runs left half-written). Parts of ``state.base`` whose rows
+    the new state keeps as they were are hard-linked (copied where links fail)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", dir=folder.parent))
@@ -122,13 +130,7 @@ def save_state(folder: Path, state: SettledState, identity: dict) -> None:
         frames["ragged"] = state.ragged
         frames["counts"] = pl.DataFrame({f"s{i}": state.counts[:, i] for i in range(state.counts.shape[1])})
         for name, frame in frames.items():
-            path = tmp / f"{name}.arrow"
-            # Arrow IPC, uncompressed: written every run and read back whole, at a fraction of
-            # Parquet's cost. The oldest Arrow layout copies each string into a new buffer:
-            # the string views of polars share buffers with the raw text of other rows (maybe
-            # a rejected identifier), which the newer layout would write out whole.
-            frame.write_ipc(path, compression="uncompressed", compat_level=pl.CompatLevel.oldest())
-            parts[name] = _check(path)
+            parts[name] = _save_frame(tmp, name, frame, state.base, state.unchanged.get(name, 0))
         meta = {**identity, "today": state.today.isoformat(), "files": state.files, "parts": parts}
         (tmp / "state.json").write_text(json.dumps(meta))
         old = folder.with_name(f".{folder.name}.old.{os.getpid()}")
@@ -139,6 +141,44 @@ def save_state(folder: Path, state: SettledState, identity: dict) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _part_path(folder: Path, name: str, index: int) -> Path:
+    return folder / f"{name}.{index:05d}.arrow"
+
+
+def _save_frame(tmp: Path, name: str, frame: pl.DataFrame, base: SettledState | None, unchanged: int) -> list:
+    """One frame's part files in ``tmp``; returns their [rows, length, crc32]."""
+    rows_per_part = PART_ROWS
+    parts: list = []
+    offset = 0
+    for index, record in enumerate(base.parts.get(name, []) if base is not None else []):
+        # a full part of the last state lying within the rows kept as they were
+        if record[0] != rows_per_part or offset + rows_per_part > min(unchanged, frame.height):
+            break
+        source = _part_path(base.folder, name, index)
+        try:
+            if source.stat().st_size != record[1]:
+                break
+            try:
+                os.link(source, _part_path(tmp, name, index))
+            except OSError:
+                shutil.copy2(source, _part_path(tmp, name, index))
+        except OSError:
+            break
+        parts.append(record)
+        offset += rows_per_part
+    starts = list(range(offset, frame.height, rows_per_part)) or ([] if parts else [0])  # [0]: keeps the schema
+    for index, start in enumerate(starts, start=len(parts)):
+        chunk = frame.slice(start, rows_per_part)
+        path = _part_path(tmp, name, index)
+        # Arrow IPC, uncompressed: read back whole, at a fraction of Parquet's cost. The
+        # oldest Arrow layout copies each string into a new buffer: the string views of
+        # polars share buffers with the raw text of other rows (maybe a rejected
+        # identifier), which the newer layout would write out whole.
+        chunk.write_ipc(path, compression="uncompressed", compat_level=pl.CompatLevel.oldest())
+        parts.append([chunk.height, *_check(path)])
+    return parts
 
 
 def remove_leftovers(folder: Path) -> list[Path]:
@@ -170,6 +210,8 @@ def load_state(folder: Path, identity: dict) -> SettledState | None:
         if set(parts) != {f"{t}.{p}" for t in ("episodes", "sessions", "pain_scores") for p in TABLE_PARTS} | {
                 "ragged", "counts"}:
             return None
+        if not all(isinstance(r, list) and len(r) == 3 for records in parts.values() for r in records):
+            return None
         counts = _read_part(folder, "counts", parts).to_numpy().astype(np.int64).reshape(-1, 3)
         files = meta["files"]
         if counts.shape[0] != len(files):
@@ -191,10 +233,19 @@ def _check(path: Path) -> list:
 
 
 def _read_part(folder: Path, name: str, parts: dict) -> pl.DataFrame:
-    path = folder / f"{name}.arrow"
+    """A frame from its part files, each checked against its length and CRC-32 first."""
+    frames = []
     try:
-        if _check(path) != parts[name]:
-            raise StateUnreadable(f"{path}: damaged")
-        return pl.read_ipc(path)
-    except (OSError, KeyError, pl.exceptions.PolarsError) as exc:
-        raise StateUnreadable(f"{path}: {exc}") from exc
+        for index, (rows, *check) in enumerate(parts[name]):
+            path = _part_path(folder, name, index)
+            if _check(path) != check:
+                raise StateUnreadable(f"{path}: damaged")
+            frame = pl.read_ipc(path)
+            if frame.height != rows:
+                raise StateUnreadable(f"{path}: {frame.height} rows, not {rows}")
+            frames.append(frame)
+        if not frames:
+            raise StateUnreadable(f"{folder}: no part of {name}")
+        return pl.concat(frames, rechunk=False)
+    except (OSError, KeyError, TypeError, ValueError, pl.exceptions.PolarsError) as exc:
+        raise StateUnreadable(f"{folder / name}: {exc}") from exc
