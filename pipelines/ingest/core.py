@@ -74,18 +74,42 @@ class IngestResult:
         return getattr(self, name)
 
 
+def _id_hash(values: pl.Series) -> pl.Series:
+    """64-bit hash of each id (a null hashes too). Tests replace it to force collisions."""
+    return values.hash(0x1D5EED)
+
+
+def _look_up(rows: pl.DataFrame, accepted: pl.DataFrame, key: str, column: str, alias: str) -> pl.Series:
+    """``rows.join(accepted, on=key, how="left", maintain_order="left")[column]`` as ``alias``:
+    each row's value of the accepted row with its key, null when none (accepted keys are
+    unique, so there is one value per row).
+
+    A weekly run settles a few rows against millions: the accepted rows with one of their
+    keys are picked first. Settling every row, joining millions of text ids costs twice what
+    joining their 64-bit hashes does: when the accepted rows' hashes are distinct, each row
+    finds the accepted row with its hash, and a different id there means that there is none."""
+    if rows.height * 4 < accepted.height:
+        accepted = accepted.filter(pl.col(key).is_in(rows.get_column(key).drop_nulls().implode()))
+    hashes = _id_hash(accepted.get_column(key))
+    if hashes.n_unique() != accepted.height:
+        return rows.select(key).join(accepted.select(key, pl.col(column).alias(alias)), on=key, how="left",
+                                     maintain_order="left").get_column(alias)
+    # an unordered join then a sort by row costs less than a join keeping the order
+    position = (pl.DataFrame({"h": _id_hash(rows.get_column(key))}).with_row_index("r").lazy()
+                .join(pl.DataFrame({"h": hashes}).with_row_index("a").lazy(), on="h", how="left")
+                .select(pl.col("a").sort_by("r")).collect().get_column("a"))
+    found = (accepted.get_column(key).gather(position) == rows.get_column(key)).fill_null(False)
+    return pl.select(pl.when(found).then(accepted.get_column(column).gather(position)).alias(alias)).to_series()
+
+
 def _reference_rules(table: str, rows: pl.DataFrame,
                      accepted: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, list]:
     """Rule 3: the rows with the looked-up columns the rules need (``_referral``,
     ``_session_episode``; the other columns are shared, not copied), and the rules."""
     if table == "episodes":
         return rows, []
-    # accepted keys are unique: a left join keeping the rows' order gives one value per row
     # (null: no such accepted episode, referral_date being required)
-    referral = rows.select("episode_id").join(
-        accepted["episodes"].select("episode_id", pl.col("referral_date").alias("_referral")),
-        on="episode_id", how="left", maintain_order="left").get_column("_referral")
-    rows = rows.with_columns(referral)
+    rows = rows.with_columns(_look_up(rows, accepted["episodes"], "episode_id", "referral_date", "_referral"))
     no_episode = _rule(pl.col("_referral").is_null(), "episode_id: '", pl.col("episode_id"),
                        "' is not an accepted episode")
     if table == "sessions":
@@ -94,10 +118,7 @@ def _reference_rules(table: str, rows: pl.DataFrame,
                        pl.col("session_date").cast(pl.String), " is before the episode's referral_date ",
                        pl.col("_referral").cast(pl.String))]
         return rows, rules
-    session_episode = rows.select("session_id").join(
-        accepted["sessions"].select("session_id", pl.col("episode_id").alias("_session_episode")),
-        on="session_id", how="left", maintain_order="left").get_column("_session_episode")
-    rows = rows.with_columns(session_episode)
+    rows = rows.with_columns(_look_up(rows, accepted["sessions"], "session_id", "episode_id", "_session_episode"))
     prepost = pl.col("timepoint").is_in(["pre", "post"])
     rules = [
         no_episode,
