@@ -31,7 +31,8 @@ CACHE = HERE / ".cache"
 BIN = Path(sys.executable).parent
 OUTCOMES = str(BIN / "outcomes")
 STEP = re.compile(r"^\s+ok\s+(?P<step>.+?) \((?P<seconds>[0-9.]+)s\)$")
-OUTCOME_STEPS = {"scored_sessions", "episode_outcomes", "session_relief_table", "condition_summary", "clinic_condition_summary",
+OUTCOME_STEPS = {"outcome_tables", "outcome_summaries", "scored_sessions", "episode_outcomes", "session_relief_table",
+                 "condition_summary", "clinic_condition_summary",
                  "pain_trajectories", "km_curves"}
 TODAY = "2026-11-27"
 

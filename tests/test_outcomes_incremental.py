@@ -138,17 +138,18 @@ def run(folder: Path, tables: Tables, as_of: date, settings: Settings | None = N
         return inc.episodes_with_records_between(ep, se, ps, a, b)
 
     plans = {}
-    plan = inc.plan_update("scored_sessions", scored_stamp, digests, previous,
-                           read_lineage(folder / "scored_sessions.parquet"), between, max_share)
+    planner = inc.Planner(digests, previous, between, max_share)
+    scored_plan = planner.plan("scored_sessions", scored_stamp, read_lineage(folder / "scored_sessions.parquet"))
+    outcomes_plan = planner.plan("episode_outcomes", outcomes_stamp, read_lineage(folder / "episode_outcomes.parquet"))
+    recompute = next((p.recompute for p in (scored_plan, outcomes_plan) if p.incremental), None)
+    mine = inc.rows_of(recompute, ep, se, ps) if recompute is not None else None
     scored, plans["scored_sessions"] = inc.apply(
-        plan, lambda: pl.read_parquet(folder / "scored_sessions.parquet"),
-        lambda ids: inc.scored_sessions_of(ids, ep, se, ps, as_of), lambda: scored_sessions(ep, se, ps, as_of),
+        scored_plan, lambda: pl.read_parquet(folder / "scored_sessions.parquet"),
+        lambda ids: inc.scored_sessions_of(ids, *mine, as_of), lambda: scored_sessions(ep, se, ps, as_of),
         "scored_sessions.parquet")
-    plan = inc.plan_update("episode_outcomes", outcomes_stamp, digests, previous,
-                           read_lineage(folder / "episode_outcomes.parquet"), between, max_share)
     outcomes, plans["episode_outcomes"] = inc.apply(
-        plan, lambda: pl.read_parquet(folder / "episode_outcomes.parquet"),
-        lambda ids: inc.episode_outcomes_of(ids, ep, scored, ps, as_of, settings),
+        outcomes_plan, lambda: pl.read_parquet(folder / "episode_outcomes.parquet"),
+        lambda ids: inc.episode_outcomes_of(ids, mine[0], scored, mine[2], as_of, settings),
         lambda: episode_outcomes_from(ep, scored, ps, as_of, settings), "episode_outcomes.parquet",
         expected_rows=ep.filter(pl.col("referral_date") <= as_of).height)
     write_table(scored, folder / "scored_sessions.parquet", {STAMP_KEY: scored_stamp.to_json()})

@@ -377,14 +377,13 @@ def test_summary_statistics_are_scipys():
 
 
 def test_a_step_computed_from_an_unstamped_table_fails(tmp_path):
-    """Session relief, trajectories and the clinic summary take their stamp (and as-of date)
-    from the table they are computed from; without one the step fails rather than guess."""
+    """The clinic summary takes its stamp from this run's episode outcomes; without one the
+    step fails rather than guess."""
     import dagster as dg
 
-    from pipelines.defs.outcomes.assets import _stamp_as
+    from pipelines.defs.outcomes.assets import _stamp_of
     from pipelines.defs.resources import ProcessedTableIOManager
 
-    pl.DataFrame({"a": [1]}).write_parquet(tmp_path / "scored_sessions.parquet")
-    with pytest.raises(dg.Failure, match="scored_sessions.parquet, which this step is computed from, has no lineage"):
-        _stamp_as(dg.build_asset_context(), ProcessedTableIOManager(processed_dir=str(tmp_path)),
-                  "scored_sessions.parquet")
+    pl.DataFrame({"a": [1]}).write_parquet(tmp_path / "episode_outcomes.parquet")
+    with pytest.raises(dg.Failure, match="episode_outcomes.parquet, which this step is computed from, has no lineage"):
+        _stamp_of(ProcessedTableIOManager(processed_dir=str(tmp_path)), "episode_outcomes.parquet")

@@ -27,7 +27,7 @@ promise stable hashes across versions, so the digests record the polars version 
 scheme name (:data:`SCHEME`); another version means a full computation.
 
 **Stored with the tables.** The digests are one more processed table,
-:data:`DIGESTS_FILE`, written by the ``scored_sessions`` step into the same folder as the
+:data:`DIGESTS_FILE`, written by the ``outcome_tables`` step into the same folder as the
 outcome tables (the run's staging folder) and published with them. It is a pure function
 of the accepted tables, stamped with the same :class:`~pipelines.outcomes.lineage.Lineage`
 as ``scored_sessions`` (inputs, as-of date, code). A previous table is reused only when
@@ -36,6 +36,14 @@ and code; publishing renames file by file, so this is what ties a table to the d
 that describe it), the code and the polars version are this run's, and for
 ``episode_outcomes`` the settings are too. Anything doubtful, or more than
 :data:`MAX_RECOMPUTE_SHARE` of the episodes to recompute, means a full computation.
+
+**One step, both tables.** The two tables are made by one step (``outcome_tables``), so the
+inputs are digested and compared with the previous digests once (:class:`Planner`), and the
+rows of the episodes to recompute are picked out of the accepted tables once
+(:func:`rows_of`). Where the previous and this run's digests list the same episodes in the
+same order (a week of exports mostly appends), they are compared row by row and only the
+rest is joined (:func:`compare`). The splice (:func:`splice`) is planned per run of one
+episode's rows and keeps the rows before the first change as they are.
 
 Pure logic, no Dagster: ``pipelines/defs/outcomes/assets.py`` does the wiring.
 """
@@ -48,6 +56,7 @@ from datetime import date
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import polars as pl
 
 from pipelines.outcomes.lineage import STAMP_KEY, Lineage
@@ -101,8 +110,10 @@ def episode_digests(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores:
     ``episodes`` its columns listed by :func:`episode_columns`.
 
     Rows are summed per 64-bit hash of their episode_id (sorting and grouping integers is
-    several times cheaper than grouping millions of text ids). Two episode_ids with the same
-    hash share one pair of sums: both then change together, which only recomputes more.
+    several times cheaper than grouping millions of text ids; grouping without the sort, in
+    memory or streaming, or scattering into a hash table in numpy were no cheaper at a
+    million episodes). Two episode_ids with the same hash share one pair of sums: both then
+    change together, which only recomputes more.
     Rows of an episode_id that is not in ``episodes`` count for nothing (the outcome tables
     ignore them too)."""
     parts = [_hashed(episodes, episode_columns(episodes.columns), "episodes"),
@@ -157,10 +168,15 @@ def read_digests(path: str | Path) -> StoredDigests:
         frame = pl.read_parquet(path)
     except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
         return StoredDigests(problem=f"{name} is unreadable ({type(exc).__name__})")
-    if frame.schema != pl.Schema(DIGEST_SCHEMA) or frame["episode_id"].is_duplicated().any() \
-            or frame["episode_id"].null_count():
+    if frame.schema != pl.Schema(DIGEST_SCHEMA) or frame["episode_id"].null_count() or _repeats(frame["episode_id"]):
         return StoredDigests(problem=f"{name} is malformed")
     return StoredDigests(frame=frame, stamp=stamp)
+
+
+def _repeats(ids: pl.Series) -> bool:
+    """Whether a value repeats. Distinct 64-bit hashes are distinct values, so the values
+    themselves are compared only when two hashes are equal (a repeat or a collision)."""
+    return ids.hash(_KEY_SEED).n_unique() < ids.len() and bool(ids.is_duplicated().any())
 
 
 def same_computation(a: Lineage, b: Lineage) -> bool:
@@ -193,33 +209,83 @@ def full(reason: str) -> Plan:
     return Plan(incremental=False, reason=reason)
 
 
-def plan_update(table: str, current: Lineage, current_digests: pl.DataFrame, previous: StoredDigests,
-                previous_stamp: Lineage | None, records_between: Callable[[date, date], pl.Series],
-                max_share: float = MAX_RECOMPUTE_SHARE) -> Plan:
-    """Whether ``table`` (its previous stamp ``previous_stamp``) can be updated incrementally
-    to the computation ``current`` (settings included for tables that depend on them), and
-    which episodes to keep and recompute.
+class Planner:
+    """Plans the incremental tables of one run (:meth:`plan`, one per table) against the
+    previous run's digests.
 
-    ``previous``: the previous run's digests; ``records_between(d1, d2)``: episode_id of
-    episodes with a record dated between two dates
-    (:func:`episodes_with_records_between` over this run's accepted tables)."""
-    if previous.frame is None or previous.stamp is None:
-        return full(previous.problem or f"no previous {DIGESTS_FILE}")
-    if previous_stamp is None:
-        return full(f"the previous {table} is missing or unstamped")
-    if previous_stamp.code != current.code or previous.stamp.code != current.code:
-        return full("the code changed")
-    if not same_computation(previous_stamp, previous.stamp):
-        return full(f"the previous {table} and {DIGESTS_FILE} are not from the same computation")
-    if previous_stamp.settings != current.settings:
-        return full("the settings changed")
-    try:
-        before = previous.stamp.as_of_date()
-        after = current.as_of_date()
-    except ValueError:
-        return full("unreadable as-of date in a stamp")
-    between = records_between(before, after)
-    joined = current_digests.join(previous.frame, on="episode_id", how="left", suffix="_prev")
+    ``current_digests``: this run's; ``previous``: the previous run's;
+    ``records_between(d1, d2)``: episode_id of episodes with a record dated between two dates
+    (:func:`episodes_with_records_between` over this run's accepted tables). The digests are
+    compared once for every table that can use them (the comparison depends on the two
+    as-of dates only, which the tables of one run share)."""
+
+    def __init__(self, current_digests: pl.DataFrame, previous: StoredDigests,
+                 records_between: Callable[[date, date], pl.Series], max_share: float = MAX_RECOMPUTE_SHARE):
+        self.current_digests = current_digests
+        self.previous = previous
+        self.records_between = records_between
+        self.max_share = max_share
+        self._compared: dict[tuple[date, date], Changes] = {}
+
+    def plan(self, table: str, current: Lineage, previous_stamp: Lineage | None) -> Plan:
+        """Whether ``table`` (its previous stamp ``previous_stamp``) can be updated
+        incrementally to the computation ``current`` (settings included for tables that
+        depend on them), and which episodes to keep and recompute."""
+        previous = self.previous
+        if previous.frame is None or previous.stamp is None:
+            return full(previous.problem or f"no previous {DIGESTS_FILE}")
+        if previous_stamp is None:
+            return full(f"the previous {table} is missing or unstamped")
+        if previous_stamp.code != current.code or previous.stamp.code != current.code:
+            return full("the code changed")
+        if not same_computation(previous_stamp, previous.stamp):
+            return full(f"the previous {table} and {DIGESTS_FILE} are not from the same computation")
+        if previous_stamp.settings != current.settings:
+            return full("the settings changed")
+        try:
+            before = previous.stamp.as_of_date()
+            after = current.as_of_date()
+        except ValueError:
+            return full("unreadable as-of date in a stamp")
+        if (before, after) not in self._compared:
+            self._compared[before, after] = compare(self.current_digests, previous.frame,
+                                                    self.records_between(before, after))
+        changes = self._compared[before, after]
+        counts = changes.counts
+        if counts["recompute"] > self.max_share * max(counts["episodes"], 1):
+            return full(f"{counts['recompute']:,} of {counts['episodes']:,} episodes changed "
+                        f"(more than {self.max_share:.0%}: cheaper in full)")
+        return Plan(incremental=True, reason=f"{min(before, after)} and {max(before, after)}",
+                    drop=pl.concat([changes.recompute, changes.removed]), recompute=changes.recompute,
+                    counts=dict(counts))
+
+
+@dataclass
+class Changes:
+    """This run's episodes against the previous digests (:func:`compare`)."""
+
+    #: episode_id of the episodes to recompute (new, changed, or with records between the dates)
+    recompute: pl.Series
+    #: episode_id of the previous digests' episodes that are gone
+    removed: pl.Series
+    counts: dict[str, int]
+
+
+def compare(current: pl.DataFrame, previous: pl.DataFrame, between: pl.Series) -> Changes:
+    """Which episodes of ``current`` (digests) keep their previous rows: those with the same
+    digests in ``previous`` and not in ``between``; and which episodes of ``previous`` are gone.
+
+    Both tables follow the accepted episodes' order, which a week of exports mostly leaves as
+    it was: where the two start with the same episode_ids, the digests are compared row by
+    row; only the rest is joined on episode_id. The rest's episodes are not among the common
+    first ones: ``previous`` holds each episode_id once (:func:`read_digests` checks) and so
+    do the accepted episodes (a repeated one would only count as new, and be recomputed)."""
+    common = _common_prefix(current["episode_id"], previous["episode_id"])
+    digests = ["digest_a", "digest_b"]
+    head = current.head(common).hstack(previous.head(common).select(pl.col(digests).name.suffix("_prev")))
+    tail = current.slice(common).join(previous.slice(common), on="episode_id", how="left", suffix="_prev",
+                                      maintain_order="left")
+    joined = pl.concat([head, tail.select(head.columns)], how="vertical")
     same = ((pl.col("digest_a") == pl.col("digest_a_prev")) & (pl.col("digest_b") == pl.col("digest_b_prev"))
             ).fill_null(False)
     flags = joined.select(
@@ -233,15 +299,17 @@ def plan_update(table: str, current: Lineage, current_digests: pl.DataFrame, pre
         (pl.col("same") & pl.col("dated")).sum().alias("dated_between"),
         (~keep_expr).sum().alias("recompute"),
     ).row(0, named=True)
-    counts = {k: int(v) for k, v in counts.items()}
-    counts["removed"] = previous.frame.height - (counts["episodes"] - counts["new"])
-    if counts["recompute"] > max_share * max(counts["episodes"], 1):
-        return full(f"{counts['recompute']:,} of {counts['episodes']:,} episodes changed "
-                    f"(more than {max_share:.0%}: cheaper in full)")
-    recompute = flags.filter(~keep_expr)["episode_id"]
-    removed = previous.frame.filter(~pl.col("episode_id").is_in(current_digests["episode_id"].implode()))["episode_id"]
-    return Plan(incremental=True, reason=f"{min(before, after)} and {max(before, after)}",
-                drop=pl.concat([recompute, removed]), recompute=recompute, counts=counts)
+    removed = previous.slice(common).filter(
+        ~pl.col("episode_id").is_in(current.slice(common)["episode_id"].implode()))["episode_id"]
+    counts = {**{k: int(v) for k, v in counts.items()}, "removed": removed.len()}
+    return Changes(recompute=flags.filter(~keep_expr)["episode_id"], removed=removed, counts=counts)
+
+
+def _common_prefix(a: pl.Series, b: pl.Series) -> int:
+    """How many first values ``a`` and ``b`` share, position by position."""
+    n = min(a.len(), b.len())
+    differs = np.flatnonzero(~(a.head(n) == b.head(n)).fill_null(False).to_numpy())
+    return int(differs[0]) if len(differs) else n
 
 
 def only(frame: pl.DataFrame, ids: pl.Series, key: str = "episode_id") -> pl.DataFrame:
@@ -253,20 +321,56 @@ def splice(previous: pl.DataFrame, drop: pl.Series, recomputed: pl.DataFrame, ke
            ) -> pl.DataFrame | None:
     """The previous rows of the episodes not in ``drop`` merged with the recomputed rows, in
     the order of a full computation: both are sorted by ``key`` (each episode's rows one run,
-    in their own order) and no episode is in both, so a merge by ``key`` is that order.
-    None when the previous table cannot be spliced (another schema, not sorted by key).
+    in their own order) and no episode is in both, so the merge by ``key`` is that order.
+    None when the previous table cannot be spliced (another schema, not sorted by key) or
+    an episode would be in both.
+
+    The merge is planned per run of one episode's rows (a million runs at a million
+    episodes, against six million rows) and carried out by one gather, after the rows
+    before the first change, which stay as they are (the result has two chunks).
 
     ``drop`` must hold every episode of the previous table that is not kept: the recomputed
     ones and those removed since (the previous digests list every episode the previous
     tables can hold, as their stamps name the same accepted tables)."""
     if previous.schema != recomputed.schema:
         return None
-    kept = previous.filter(~pl.col(key).is_in(drop.implode()))
-    merged = kept.merge_sorted(recomputed, key)
-    in_order = merged.select((pl.col(key) >= pl.col(key).shift()).fill_null(True).all()).item()
-    if not in_order:
+    old, new = _runs(previous[key]), _runs(recomputed[key])
+    if old is None or new is None:
         return None
-    return merged.rechunk()
+    (old_starts, old_lengths, old_ids), (new_starts, new_lengths, new_ids) = old, new
+    keep = ~old_ids.is_in(drop.implode()).to_numpy()
+    kept_ids = old_ids.filter(keep)
+    # each recomputed run goes before the first kept run with a larger key
+    before = kept_ids.search_sorted(new_ids, side="left").to_numpy().astype(np.int64)
+    inside = before < kept_ids.len()
+    if (kept_ids.gather(before[inside]) == new_ids.filter(inside)).any():
+        return None
+    runs = len(kept_ids) + len(new_ids)
+    from_new = np.zeros(runs, dtype=bool)
+    from_new[before + np.arange(len(new_ids))] = True
+    first = np.empty(runs, dtype=np.int64)  # in pl.concat([previous, recomputed])
+    first[~from_new], first[from_new] = old_starts[keep], previous.height + new_starts
+    length = np.empty(runs, dtype=np.int64)
+    length[~from_new], length[from_new] = old_lengths[keep], new_lengths
+    rows = np.repeat(first - (np.cumsum(length) - length), length) + np.arange(length.sum())
+    # the leading kept runs (before the first dropped or recomputed one) are rows 0..head-1
+    dropped = np.flatnonzero(~keep)
+    leading = min(dropped[0] if len(dropped) else len(old_ids), before[0] if len(before) else len(kept_ids))
+    head = int(old_starts[leading]) if leading < len(old_starts) else previous.height
+    rest = pl.concat([previous, recomputed], how="vertical", rechunk=False).gather(rows[head:])
+    return pl.concat([previous.head(head), rest], how="vertical", rechunk=False)
+
+
+def _runs(ids: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series] | None:
+    """First row, length and value of every run of equal values of ``ids``; None when the
+    runs do not strictly increase (not sorted, or a value in two runs) or a value is null."""
+    if ids.null_count():
+        return None
+    starts = np.flatnonzero((ids != ids.shift()).fill_null(True).to_numpy())
+    values = ids.gather(starts)
+    if not (values.shift() < values).fill_null(True).all():
+        return None
+    return starts, np.diff(np.append(starts, ids.len())), values
 
 
 def apply(plan: Plan, read_previous: Callable[[], pl.DataFrame], recompute: Callable[[pl.Series], pl.DataFrame],
@@ -275,7 +379,7 @@ def apply(plan: Plan, read_previous: Callable[[], pl.DataFrame], recompute: Call
     """Carry out a plan: ``recompute(plan.recompute)`` spliced into ``read_previous()``, or
     ``compute_all()`` when the plan says full or the splice fails (unreadable previous
     table, another schema or order, or not ``expected_rows`` rows when that is given).
-    Returns the table (one chunk) and the plan that was followed."""
+    Returns the table and the plan that was followed."""
     if plan.incremental:
         try:
             previous = read_previous()
@@ -292,11 +396,22 @@ def apply(plan: Plan, read_previous: Callable[[], pl.DataFrame], recompute: Call
     return compute_all().rechunk(), plan
 
 
+def rows_of(ids: pl.Series, episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame
+            ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The episode rows, sessions and pain scores of the episodes ``ids`` (each by its own
+    episode_id): all that :func:`scored_sessions_of` and :func:`episode_outcomes_of` read of
+    them, filtered once for both. A pre/post score's episode is its session's (ingest and the
+    blocking reference check enforce it, and the digests rely on it too), so these pain
+    scores hold every score of these sessions."""
+    return only(episodes, ids), only(sessions, ids), only(pain_scores, ids)
+
+
 def scored_sessions_of(ids: pl.Series, episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
                        as_of: date) -> pl.DataFrame:
     """:func:`pipelines.outcomes.metrics.scored_sessions` of the episodes ``ids`` only: their
     episode rows, their sessions and the pre/post scores of those sessions (matched by
-    session_id, as the full computation matches them)."""
+    session_id, as the full computation matches them). The tables may hold other episodes'
+    rows too (the whole tables, or :func:`rows_of`)."""
     from pipelines.outcomes.metrics import scored_sessions
 
     mine = only(sessions, ids)
@@ -307,7 +422,8 @@ def scored_sessions_of(ids: pl.Series, episodes: pl.DataFrame, sessions: pl.Data
 def episode_outcomes_of(ids: pl.Series, episodes: pl.DataFrame, scored: pl.DataFrame, pain_scores: pl.DataFrame,
                         as_of: date, settings) -> pl.DataFrame:
     """:func:`pipelines.outcomes.metrics.episode_outcomes_from` of the episodes ``ids`` only
-    (their scored sessions and their follow-ups, matched by episode_id as in the full one)."""
+    (their scored sessions and their follow-ups, matched by episode_id as in the full one).
+    The tables may hold other episodes' rows too."""
     from pipelines.outcomes.metrics import episode_outcomes_from
 
     return episode_outcomes_from(only(episodes, ids), only(scored, ids), only(pain_scores, ids), as_of, settings)

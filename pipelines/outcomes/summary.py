@@ -128,25 +128,51 @@ def _all_of(outcomes: pl.DataFrame, columns: _Columns, relief: pl.DataFrame | No
     return _statistics(columns, slice(None), settings, with_p_value, km, relief_mean)
 
 
-def _group_rows(frame: pl.DataFrame, by: list[str]) -> list[tuple[tuple, np.ndarray]]:
-    """Every group of ``by`` in ``frame`` (missing values form a group) with its row numbers,
-    in row order.
+def _runs(frame: pl.DataFrame, by: list[str]) -> pl.DataFrame:
+    """The first row (``_start``) and keys of every run of rows with the same ``by`` values.
 
-    Found per run of rows with the same keys, not per row: session relief comes in runs of
-    one episode's sessions, so its five million rows at a million episodes are grouped as
-    a million runs."""
+    Session relief comes in runs of one episode's sessions, so its five million rows at a
+    million episodes are a million runs. Runs of more columns are runs of fewer ones too
+    (only shorter), so one set of runs serves every grouping by some of its columns."""
     position = pl.int_range(pl.len(), dtype=pl.Int64)
     new_run = pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift()) for c in by]) | (position == 0)
-    runs = frame.select(*by, position.alias("_start")).filter(new_run)
+    return frame.select(*by, position.alias("_start")).filter(new_run)
+
+
+def _group_rows(runs: pl.DataFrame, height: int, by: list[str]) -> list[tuple[tuple, np.ndarray]]:
+    """Every group of ``by`` (missing values form a group) with its row numbers, in row
+    order, from :func:`_runs` (by ``by`` or more columns) of a frame of ``height`` rows."""
     groups = runs.with_row_index("_run").group_by(by).agg(pl.col("_run").sort())
     order = groups["_run"].explode().to_numpy()
     starts = runs["_start"].to_numpy()
-    lengths = np.diff(np.append(starts, frame.height))[order]
+    lengths = np.diff(np.append(starts, height))[order]
     first = np.repeat(starts[order] - (np.cumsum(lengths) - lengths), lengths)
     rows = first + np.arange(len(first))
     group_ends = np.cumsum(groups["_run"].list.len().to_numpy().astype(np.int64))  # in runs
     row_ends = np.cumsum(lengths)[group_ends - 1] if len(order) else group_ends
     return list(zip(groups.select(by).iter_rows(), np.split(rows, row_ends[:-1])))
+
+
+class _Prepared:
+    """What every summary of one outcomes table and relief table shares, done once: the
+    statistics columns as numpy arrays, the analysed episodes, the relief values present,
+    and both tables' runs of rows with the same ``finest`` keys (for any grouping by some
+    of them)."""
+
+    def __init__(self, outcomes: pl.DataFrame, relief: pl.DataFrame, finest: list[str]):
+        self.outcomes = outcomes.select(*finest, *STATISTICS_COLUMNS)
+        self.columns = _Columns(self.outcomes)
+        self.analysed = self.outcomes.filter(pl.col("analysed"))
+        self.relief = relief
+        present = relief.filter(pl.col("relief").is_not_null())
+        self.relief_values = present["relief"].to_numpy().astype(np.float64)
+        self._outcome_runs, self._relief_runs = _runs(self.outcomes, finest), _runs(present, finest)
+
+    def outcome_groups(self, by: list[str]) -> list[tuple[tuple, np.ndarray]]:
+        return _group_rows(self._outcome_runs, self.outcomes.height, by)
+
+    def relief_groups(self, by: list[str]) -> list[tuple[tuple, np.ndarray]]:
+        return _group_rows(self._relief_runs, len(self.relief_values), by)
 
 
 def summarise(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings,
@@ -158,22 +184,25 @@ def summarise(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings,
     ``outcomes`` needs ``by`` and :data:`STATISTICS_COLUMNS` (and episode_id when ``relief``
     lacks a column of ``by``); ``relief`` needs ``by`` (or episode_id) and relief.
     """
-    rows: list[dict] = []
     missing = [c for c in by if c not in relief.columns]
     if missing:  # e.g. age_band: take each session's group from its episode
         relief = relief.join(outcomes.select("episode_id", *missing), on="episode_id", how="left",
                              maintain_order="left")
+    return _summarise(_Prepared(outcomes, relief, by), settings, by, pooled_label, with_p_values)
+
+
+def _summarise(prepared: _Prepared, settings: Settings, by: list[str], pooled_label: str | None,
+               with_p_values: bool) -> pl.DataFrame:
+    """:func:`summarise` from the shared work of ``prepared`` (runs by ``by`` or more columns)."""
+    rows: list[dict] = []
     # each group's mean summed by numpy in row order, as the pooled row's: polars' grouped
     # mean adds in an order that varies from run to run (in the last bits of the result)
-    present = relief.filter(pl.col("relief").is_not_null())
-    values = present["relief"].to_numpy().astype(np.float64)
-    relief_means = {keys: _mean(values[rows]) for keys, rows in _group_rows(present, by)}
-    outcomes = outcomes.select(*by, *STATISTICS_COLUMNS)
+    relief_means = {keys: _mean(prepared.relief_values[rows]) for keys, rows in prepared.relief_groups(by)}
     # groups in sorted order, a missing value (None) last
-    ordered = sorted(_group_rows(outcomes, by),
+    ordered = sorted(prepared.outcome_groups(by),
                      key=lambda item: tuple((v is None, v if v is not None else "") for v in item[0]))
-    curves = _kaplan_meier(outcomes.filter(pl.col("analysed")), by)  # every group's curve in one pass
-    columns = _Columns(outcomes)
+    curves = _kaplan_meier(prepared.analysed, by)  # every group's curve in one pass
+    columns = prepared.columns
     for keys, group_rows in ordered:
         stats_row = _statistics(columns, group_rows, settings, with_p_values, curves.get(keys, {}),
                                 relief_means.get(keys))
@@ -182,7 +211,7 @@ def summarise(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings,
     for row, q in zip(with_p, stats.benjamini_hochberg([r["p_value"] for r in with_p])):
         row["q_value"] = q
     if pooled_label is not None:
-        pooled = _all_of(outcomes, columns, relief, settings, with_p_values, None, None)
+        pooled = _all_of(prepared.outcomes, columns, prepared.relief, settings, with_p_values, None, None)
         pooled["q_value"] = pooled["p_value"]
         rows.append({**{c: pooled_label for c in by}, **pooled})
     schema = {**{c: pl.String for c in by}, "n_episodes": pl.Int64, "n_analysed": pl.Int64,
@@ -211,9 +240,23 @@ def clinic_condition_summary(outcomes: pl.DataFrame, relief: pl.DataFrame, setti
     (METRICS.md "Publishing"), not with a test per clinic cell, and scipy's exact
     Wilcoxon for small tied samples costs ~0.5 s a cell.
     """
-    settings = settings or Settings()
-    cells = summarise(outcomes, relief, settings, by=["clinic_id", "condition"], pooled_label=None,
-                      with_p_values=False)
-    clinic_all = summarise(outcomes, relief, settings, by=["clinic_id"], pooled_label=None,
-                           with_p_values=False).with_columns(pl.lit(ALL).alias("condition"))
+    return _clinic_summary(_Prepared(outcomes, relief, _CLINIC_CELLS), settings or Settings())
+
+
+_CLINIC_CELLS = ["clinic_id", "condition"]
+
+
+def _clinic_summary(prepared: _Prepared, settings: Settings) -> pl.DataFrame:
+    cells = _summarise(prepared, settings, _CLINIC_CELLS, pooled_label=None, with_p_values=False)
+    clinic_all = _summarise(prepared, settings, ["clinic_id"], pooled_label=None,
+                            with_p_values=False).with_columns(pl.lit(ALL).alias("condition"))
     return pl.concat([cells, clinic_all.select(cells.columns)], how="vertical").sort("clinic_id", "condition")
+
+
+def summaries(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings | None = None
+              ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``condition_summary_from`` and ``clinic_condition_summary`` of the same tables, with
+    the work they share done once (``outcomes`` and ``relief`` need clinic_id too)."""
+    settings = settings or Settings()
+    prepared = _Prepared(outcomes, relief, _CLINIC_CELLS)
+    return _summarise(prepared, settings, ["condition"], ALL, True), _clinic_summary(prepared, settings)
