@@ -59,6 +59,7 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
+from pipelines.checks import duplicated_rows
 from pipelines.outcomes.lineage import STAMP_KEY, Lineage
 from pipelines.outcomes.metrics import EXTRA_COLUMNS, OUTCOME_COLUMNS, episodes_with_records_between
 
@@ -168,15 +169,10 @@ def read_digests(path: str | Path) -> StoredDigests:
         frame = pl.read_parquet(path)
     except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
         return StoredDigests(problem=f"{name} is unreadable ({type(exc).__name__})")
-    if frame.schema != pl.Schema(DIGEST_SCHEMA) or frame["episode_id"].null_count() or _repeats(frame["episode_id"]):
+    if (frame.schema != pl.Schema(DIGEST_SCHEMA) or frame["episode_id"].null_count()
+            or duplicated_rows(frame, ["episode_id"])):
         return StoredDigests(problem=f"{name} is malformed")
     return StoredDigests(frame=frame, stamp=stamp)
-
-
-def _repeats(ids: pl.Series) -> bool:
-    """Whether a value repeats. Distinct 64-bit hashes are distinct values, so the values
-    themselves are compared only when two hashes are equal (a repeat or a collision)."""
-    return ids.hash(_KEY_SEED).n_unique() < ids.len() and bool(ids.is_duplicated().any())
 
 
 def same_computation(a: Lineage, b: Lineage) -> bool:
