@@ -12,6 +12,7 @@ import pytest
 from polars.testing import assert_series_equal
 
 from pipelines.ingest import core
+from pipelines.outcomes import joins
 
 
 def plain(rows: pl.DataFrame, accepted: pl.DataFrame, key: str, column: str) -> pl.Series:
@@ -19,13 +20,13 @@ def plain(rows: pl.DataFrame, accepted: pl.DataFrame, key: str, column: str) -> 
                                  maintain_order="left").get_column("_v")
 
 
-def by_length(values: pl.Series) -> pl.Series:
-    """A hash under which ids of equal length collide."""
-    return values.str.len_bytes().cast(pl.UInt64).fill_null(2)
+def by_length(key: str) -> pl.Expr:
+    """A hash under which ids of equal length collide (a null one with those of length 2)."""
+    return pl.col(key).str.len_bytes().cast(pl.UInt64).fill_null(2).alias(joins._HASH)
 
 
 def test_a_colliding_unknown_id_and_a_null_find_nothing(monkeypatch):
-    monkeypatch.setattr(core, "_id_hash", by_length)
+    monkeypatch.setattr(core, "_hash_expr", by_length)
     accepted = pl.DataFrame({"episode_id": ["E1", "E22", "E333"], "referral_date": [1, 2, 3]})
     rows = pl.DataFrame({"episode_id": ["X9", None, "E22", "E333", "E1", "Y22"]})
     got = core._look_up(rows, accepted, "episode_id", "referral_date", "_v")
@@ -34,7 +35,7 @@ def test_a_colliding_unknown_id_and_a_null_find_nothing(monkeypatch):
 
 
 def test_accepted_ids_whose_hashes_repeat_are_joined_on_the_ids(monkeypatch):
-    monkeypatch.setattr(core, "_id_hash", by_length)
+    monkeypatch.setattr(core, "_hash_expr", by_length)
     accepted = pl.DataFrame({"session_id": ["S1", "S2", "S33"], "episode_id": ["E1", "E2", "E3"]})
     rows = pl.DataFrame({"session_id": ["S2", "S1", "S4", "S33", None]})
     got = core._look_up(rows, accepted, "session_id", "episode_id", "_v")
@@ -45,7 +46,7 @@ def test_accepted_ids_whose_hashes_repeat_are_joined_on_the_ids(monkeypatch):
 @pytest.mark.parametrize("hashing", ["real", "length"])
 def test_random_rows_equal_the_plain_join(monkeypatch, seed, hashing):
     if hashing == "length":
-        monkeypatch.setattr(core, "_id_hash", by_length)
+        monkeypatch.setattr(core, "_hash_expr", by_length)
     rng = random.Random(seed)
     ids = [f"S{rng.randrange(10 ** rng.randrange(1, 5))}" for _ in range(300)]
     accepted = pl.DataFrame({"session_id": list(dict.fromkeys(ids))}).with_row_index("value")

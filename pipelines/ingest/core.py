@@ -37,6 +37,7 @@ from pipelines.ingest.validate import _reason as _rule
 from pipelines.ingest.validate import (
     check_rows, failing_rows, rows_schema, run_date_rules, side_schema, with_raw,
 )
+from pipelines.outcomes.joins import left_join_by_hash
 from pipelines.vocabulary import Vocabulary
 
 STATUSES = ("accepted", "duplicate", "superseded", "rejected")
@@ -74,32 +75,20 @@ class IngestResult:
         return getattr(self, name)
 
 
-def _id_hash(values: pl.Series) -> pl.Series:
-    """64-bit hash of each id (a null hashes too). Tests replace it to force collisions."""
-    return values.hash(0x1D5EED)
-
-
 def _look_up(rows: pl.DataFrame, accepted: pl.DataFrame, key: str, column: str, alias: str) -> pl.Series:
     """``rows.join(accepted, on=key, how="left", maintain_order="left")[column]`` as ``alias``:
     each row's value of the accepted row with its key, null when none (accepted keys are
-    unique, so there is one value per row).
-
-    A weekly run settles a few rows against millions: the accepted rows with one of their
-    keys are picked first. Settling every row, joining millions of text ids costs twice what
-    joining their 64-bit hashes does: when the accepted rows' hashes are distinct, each row
-    finds the accepted row with its hash, and a different id there means that there is none."""
+    unique, so there is one value per row), joined on 64-bit hashes
+    (:func:`pipelines.outcomes.joins.left_join_by_hash`). A weekly run settles a few rows
+    against millions: the accepted rows with one of their keys are picked first."""
     if rows.height * 4 < accepted.height:
         accepted = accepted.filter(pl.col(key).is_in(rows.get_column(key).drop_nulls().implode()))
-    hashes = _id_hash(accepted.get_column(key))
-    if hashes.n_unique() != accepted.height:
-        return rows.select(key).join(accepted.select(key, pl.col(column).alias(alias)), on=key, how="left",
-                                     maintain_order="left").get_column(alias)
-    # an unordered join then a sort by row costs less than a join keeping the order
-    position = (pl.DataFrame({"h": _id_hash(rows.get_column(key))}).with_row_index("r").lazy()
-                .join(pl.DataFrame({"h": hashes}).with_row_index("a").lazy(), on="h", how="left")
-                .select(pl.col("a").sort_by("r")).collect().get_column("a"))
-    found = (accepted.get_column(key).gather(position) == rows.get_column(key)).fill_null(False)
-    return pl.select(pl.when(found).then(accepted.get_column(column).gather(position)).alias(alias)).to_series()
+    return left_join_by_hash(rows.select(key), accepted.select(key, pl.col(column).alias(alias)), key,
+                             hash_expr=_hash_expr).get_column(alias)
+
+
+#: the hash of :func:`_look_up` (None: the join's own); tests replace it to force collisions
+_hash_expr = None
 
 
 def _reference_rules(table: str, rows: pl.DataFrame,
