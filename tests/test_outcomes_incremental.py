@@ -510,6 +510,10 @@ def test_the_weekly_pipeline_run_splices_and_equals_a_fresh_full_run(tmp_path):
         assert said == f"full: no {inc.DIGESTS_FILE}", said
     assert (work / "processed" / inc.DIGESTS_FILE).is_file()
     assert not [p for p in (work / "processed").iterdir() if p.name.startswith(".outcomes-run")]
+    # the per-part sums of the digests: one part per accepted table at this size
+    part_sums = work / "processed" / ".cache" / "outcomes" / "digest-parts"
+    first_sums = {p.name for p in part_sums.glob("*.arrow")}
+    assert len(first_sums) == 3
 
     # the next week's exports arrive
     shutil.copytree(source / weeks[-1], raw / weeks[-1])
@@ -518,6 +522,9 @@ def test_the_weekly_pipeline_run_splices_and_equals_a_fresh_full_run(tmp_path):
     # ingest settled again only what the new week's three files touch (pipelines.ingest.state)
     settled = _materialization(instance, second.run_id, "ingest_audit")["settled"]
     assert settled.startswith("incremental:") and "3 new file(s)" in settled, settled
+    # every table gained rows, so its one part is another part: hashed again, the old sums gone
+    second_sums = {p.name for p in part_sums.glob("*.arrow")}
+    assert len(second_sums) == 3 and not first_sums & second_sums
     for asset in ("scored_sessions", "episode_outcomes"):
         said = _materialization(instance, second.run_id, asset)["incremental"]
         assert said.startswith("incremental: recomputed "), said

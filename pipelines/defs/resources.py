@@ -11,7 +11,7 @@ import dagster as dg
 import polars as pl
 
 from pipelines.ingest.core import AUDIT_SCHEMA, REJECTED_SCHEMA
-from pipelines.io import read_table, write_parts, write_table
+from pipelines.io import read_table, stored_parts, write_parts, write_table
 from pipelines.outcomes.lineage import STAMP_KEY, Lineage, read_lineage
 from pipelines.outcomes.summary import SUMMARY_SCHEMA
 from pipelines.outcomes.metrics import latest_record_date
@@ -62,6 +62,10 @@ class PipelineConfig(dg.ConfigurableResource):
 
     def ingest_cache_dir(self) -> Path | None:
         return Path(self.processed_dir) / ".cache" / "ingest" if self.ingest_cache else None
+
+    def digest_cache_dir(self) -> Path:
+        """Per-part sums of the outcome input digests (pipelines.outcomes.incremental.PartSums)."""
+        return Path(self.processed_dir) / ".cache" / "outcomes" / "digest-parts"
 
     def run_date(self, timezone: str) -> date:
         if self.today:
@@ -155,6 +159,15 @@ class ProcessedTableIOManager(dg.ConfigurableIOManager):
     def read(self, asset_name: str, columns: list[str] | None = None) -> pl.DataFrame:
         """An asset's stored table by asset name (``<asset>.parquet``)."""
         return self.read_file(f"{asset_name}.parquet", columns)
+
+    def part_records(self, asset_name: str) -> list[tuple[int, str]] | None:
+        """(rows, content digest) of each part of an asset's table stored as a folder of
+        parts (:func:`pipelines.io.stored_parts`), in order; None for a single file."""
+        parts = stored_parts(Path(self.processed_dir) / f"{asset_name}.parquet")
+        if not parts or not all(isinstance(r.get("rows"), int) and isinstance(r.get("digest"), str)
+                                for _, r in parts):
+            return None
+        return [(record["rows"], record["digest"]) for _, record in parts]
 
     def lineage(self, filename: str) -> Lineage | None:
         """What a stored table was computed from (pipelines.outcomes.lineage), if it says."""

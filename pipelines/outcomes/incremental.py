@@ -26,6 +26,14 @@ collide could defeat it; the clinic's own exports are not an adversary. polars d
 promise stable hashes across versions, so the digests record the polars version and a
 scheme name (:data:`SCHEME`); another version means a full computation.
 
+**Summed part by part.** The accepted tables are stored as folders of Parquet parts whose
+footers hold a digest of their content (:func:`pipelines.io.write_parts`), and a weekly run
+leaves all but their last parts as they were. The sums of each part are kept between runs
+(:class:`PartSums`, under the processed folder's ``.cache``), named by that content digest,
+so only new or changed parts are hashed: at a million episodes 1.3-1.6 CPU-s against
+5.3-6.1 for hashing every row. The sums wrap, so adding them part by part gives the same
+digests.
+
 **Stored with the tables.** The digests are one more processed table,
 :data:`DIGESTS_FILE`, written by the ``outcome_tables`` step into the same folder as the
 outcome tables (the run's staging folder) and published with them. It is a pure function
@@ -50,7 +58,10 @@ Pure logic, no Dagster: ``pipelines/defs/outcomes/assets.py`` does the wiring.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import zlib
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -60,6 +71,7 @@ import numpy as np
 import polars as pl
 
 from pipelines.checks import duplicated_rows
+from pipelines.io import atomic_path
 from pipelines.outcomes.lineage import STAMP_KEY, Lineage
 from pipelines.outcomes.metrics import EXTRA_COLUMNS, OUTCOME_COLUMNS, episodes_with_records_between
 
@@ -105,23 +117,109 @@ def _hashed(frame: pl.DataFrame | pl.LazyFrame, columns: list[str], table: str) 
                                row.hash(seed_b).alias("digest_b"))
 
 
-def episode_digests(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame) -> pl.DataFrame:
+def _part_sums(frame: pl.DataFrame, columns: list[str], table: str) -> pl.DataFrame:
+    """Per 64-bit episode_id hash, the wrapping sums of the rows of ``frame`` (sorting and
+    grouping integers is several times cheaper than grouping millions of text ids; grouping
+    without the sort, in memory or streaming, or scattering into a hash table in numpy were
+    no cheaper at a million episodes)."""
+    return (_hashed(frame, columns, table).sort(_KEY)
+            .group_by(_KEY, maintain_order=True).agg(pl.col("digest_a").sum(), pl.col("digest_b").sum())
+            .collect())
+
+
+class PartSums:
+    """Per-episode sums of the parts of the stored accepted tables, kept between runs in
+    ``folder`` (one Arrow file per part) under a name made of the part's content digest
+    (:func:`pipelines.io.rows_digest`, from the part's footer), the table, the columns
+    hashed, :data:`SCHEME` and the polars version. A weekly run adds rows at the ends of the
+    tables, so all but their last parts come from here instead of being hashed again.
+
+    Derived and safe to delete; a file is used only when its CRC-32 (in its name) matches,
+    else its part is hashed again. :meth:`finish` removes the files this run did not use."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.used: set[str] = set()
+        self.hashed = 0
+        self.reused = 0
+
+    def _stem(self, table: str, columns: list[str], digest: str) -> str:
+        text = json.dumps([SCHEME, pl.__version__, table, columns, digest])
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def sums(self, frame: pl.DataFrame, columns: list[str], table: str, digest: str) -> pl.DataFrame:
+        """:func:`_part_sums` of one stored part, from the folder or computed and stored."""
+        stem = self._stem(table, columns, digest)
+        for path in self.folder.glob(f"{stem}.*.arrow"):
+            try:
+                data = path.read_bytes()
+                if f"{zlib.crc32(data):08x}" != path.name.split(".")[1]:
+                    continue
+                sums = pl.read_ipc(io.BytesIO(data))
+            except (OSError, pl.exceptions.PolarsError):
+                continue
+            if sums.schema == pl.Schema(_SUMS_SCHEMA):
+                self.used.add(path.name)
+                self.reused += 1
+                return sums
+        sums = _part_sums(frame, columns, table)
+        self.hashed += 1
+        buffer = io.BytesIO()
+        sums.write_ipc(buffer, compression="uncompressed")
+        data = buffer.getvalue()
+        name = f"{stem}.{zlib.crc32(data):08x}.arrow"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.folder / name) as tmp:
+                tmp.write_bytes(data)
+            self.used.add(name)
+        except OSError:
+            pass  # only a cache
+        return sums
+
+    def finish(self) -> None:
+        """Remove the files of parts this run did not read (replaced or gone)."""
+        try:
+            for path in self.folder.glob("*.arrow"):
+                if path.name not in self.used:
+                    path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+_SUMS_SCHEMA = {_KEY: pl.UInt64, "digest_a": pl.UInt64, "digest_b": pl.UInt64}
+
+
+def episode_digests(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
+                    parts: dict[str, list[tuple[int, str]]] | None = None,
+                    part_sums: PartSums | None = None) -> pl.DataFrame:
     """One row per episode, in the order of ``episodes``: (episode_id, digest_a, digest_b).
     ``sessions`` needs :data:`SESSION_COLUMNS`, ``pain_scores`` :data:`SCORE_COLUMNS`;
     ``episodes`` its columns listed by :func:`episode_columns`.
 
-    Rows are summed per 64-bit hash of their episode_id (sorting and grouping integers is
-    several times cheaper than grouping millions of text ids; grouping without the sort, in
-    memory or streaming, or scattering into a hash table in numpy were no cheaper at a
-    million episodes). Two episode_ids with the same hash share one pair of sums: both then
-    change together, which only recomputes more.
+    Rows are summed per 64-bit hash of their episode_id. Two episode_ids with the same hash
+    share one pair of sums: both then change together, which only recomputes more.
     Rows of an episode_id that is not in ``episodes`` count for nothing (the outcome tables
-    ignore them too)."""
-    parts = [_hashed(episodes, episode_columns(episodes.columns), "episodes"),
-             _hashed(sessions, list(SESSION_COLUMNS), "sessions"),
-             _hashed(pain_scores, list(SCORE_COLUMNS), "pain_scores")]
-    sums = (pl.concat(parts, how="vertical").sort(_KEY)
-            .group_by(_KEY, maintain_order=True).agg(pl.col("digest_a").sum(), pl.col("digest_b").sum()))
+    ignore them too).
+
+    ``parts`` (with ``part_sums``): per table name, the (rows, content digest) of the parts
+    the table was read from, in order; a table whose parts add up to its rows is summed part
+    by part through ``part_sums`` (the sums are wrapping, so the order of adding does not
+    matter and the digests are the same)."""
+    tables = {"episodes": (episodes, episode_columns(episodes.columns)),
+              "sessions": (sessions, list(SESSION_COLUMNS)), "pain_scores": (pain_scores, list(SCORE_COLUMNS))}
+    pieces = []
+    for table, (frame, columns) in tables.items():
+        records = (parts or {}).get(table)
+        if part_sums is None or not records or sum(rows for rows, _ in records) != frame.height:
+            pieces.append(_part_sums(frame, columns, table))
+            continue
+        offset = 0
+        for rows, digest in records:
+            pieces.append(part_sums.sums(frame.slice(offset, rows), columns, table, digest))
+            offset += rows
+    sums = (pl.concat(pieces, how="vertical").lazy()
+            .group_by(_KEY).agg(pl.col("digest_a").sum(), pl.col("digest_b").sum()))
     return (episodes.lazy().select("episode_id", pl.col("episode_id").hash(_KEY_SEED).alias(_KEY))
             .join(sums, on=_KEY, how="left", maintain_order="left")
             .select("episode_id", "digest_a", "digest_b")

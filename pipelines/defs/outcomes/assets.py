@@ -124,7 +124,14 @@ def outcome_tables(context: dg.AssetExecutionContext, paths: PipelineConfig, ana
     scored_stamp = Lineage(inputs=inputs, as_of=as_of.isoformat(), code=code_fingerprint())
     outcomes_stamp = Lineage(inputs=inputs, as_of=as_of.isoformat(), code=code_fingerprint(),
                              settings=json.loads(json.dumps(settings.as_dict())))
-    digests = inc.episode_digests(episodes, sessions, pain_scores)
+    # parts of the accepted tables seen last run are not hashed again (inc.PartSums)
+    part_sums = inc.PartSums(paths.digest_cache_dir())
+    digests = inc.episode_digests(episodes, sessions, pain_scores,
+                                  {t: processed_io_manager.part_records(t) for t in ("episodes", "sessions", "pain_scores")},
+                                  part_sums)
+    part_sums.finish()
+    context.log.info(f"{inc.DIGESTS_FILE}: {part_sums.reused} parts of the accepted tables summed last run, "
+                     f"{part_sums.hashed} hashed")
     # read the previous digests and stamps before writing this run's (the same files when the
     # I/O manager writes straight into the processed folder)
     previous = _previous_store(paths)
