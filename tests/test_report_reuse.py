@@ -20,7 +20,9 @@ from polars.testing import assert_frame_equal
 
 from pipelines.defs.outcomes.assets import accepted_digest
 from pipelines.defs.reports import assets as report_assets
-from pipelines.defs.reports.assets import ONLY_TO_COMPUTE, REUSABLE, REUSED_COLUMNS, stored_outcomes
+from pipelines.defs.reports.assets import (
+    ONLY_TO_COMPUTE, REPORT_COLUMNS, REUSABLE, REUSED_COLUMNS, stored_outcomes, with_session_ids,
+)
 from pipelines.defs.resources import CSV_SCHEMAS, PipelineConfig, ProcessedTableIOManager
 from pipelines.outcomes.lineage import STAMP_KEY, Lineage, read_lineage
 from pipelines.outcomes.metrics import episode_outcomes_from, same_records_as_of, scored_sessions
@@ -241,6 +243,27 @@ def _report(processed, ep, se, ps, audit, stored_tables):
     inputs = ReportInputs(episodes=ep, sessions=se, pain_scores=ps, audit=audit, rejected=rejected,
                           settings=Settings(), labels=Vocabulary.load(None).labels, stored=stored_tables)
     return build_report(inputs, WEEK)
+
+
+def test_the_report_reads_session_ids_only_to_compute_scored_sessions(stored):
+    """The asset's inputs leave out the session ids (REPORT_COLUMNS): a report that reuses the
+    stored tables, all or some, does without them, and one that computes scored sessions again
+    gets them from with_session_ids, row for row; each equals the report from the full tables."""
+    processed, ep, se, ps, audit = stored
+    narrow_se, narrow_ps = se.select(REPORT_COLUMNS["sessions"]), ps.select(REPORT_COLUMNS["pain_scores"])
+    assert "session_id" not in narrow_se.columns + narrow_ps.columns
+    full = _report(processed, ep, se, ps, audit, {})
+    found, said = _attempt(processed, ep, narrow_se, narrow_ps, audit)
+    assert set(found) == set(REUSABLE), said
+    _assert_same_report(_report(processed, ep, narrow_se, narrow_ps, audit, found), full)
+    partly = {name: found[name] for name in ("scored_sessions", "episode_outcomes")}
+    partly["scored_sessions"] = pl.read_parquet(processed / REUSABLE["scored_sessions"][0],
+                                                columns=REUSED_COLUMNS["scored_sessions"])  # with post
+    _assert_same_report(_report(processed, ep, narrow_se, narrow_ps, audit, partly), full)
+    with_ids = with_session_ids(ProcessedTableIOManager(processed_dir=str(processed)), narrow_se, narrow_ps)
+    for frame, original in zip(with_ids, (se, ps)):
+        assert_frame_equal(frame, original.select(frame.columns))
+    _assert_same_report(_report(processed, ep, *with_ids, audit, {}), full)
 
 
 def test_the_report_takes_its_clinic_rows_from_the_stored_clinic_summary(stored):

@@ -54,21 +54,24 @@ def outcomes_before(episodes: pl.DataFrame, scored: pl.DataFrame, pain_scores: p
                     settings: Settings | None = None) -> pl.DataFrame:
     """``episode_outcomes(episodes, sessions, pain_scores, earlier, settings)`` from the outcomes
     and the scored sessions (``scored_sessions``) as of ``later`` >= ``earlier``, with the
-    columns of ``later_outcomes`` (a caller may pass only those it reads).
+    columns of ``later_outcomes`` (a caller may pass only those it reads, with episode_id and
+    referral_date).
 
     Only the episodes with a session or follow-up dated in (earlier, later] are computed
     again, from their scored sessions dated on or before ``earlier`` (a prefix of their
-    sessions as of ``later``, numbered the same); the others keep their row. Rows are picked
-    with ``is_in`` against the few touched episodes (cheaper than joins that hash both sides),
-    and of the pain scores only follow-ups are read (pre and post are in ``scored``).
+    sessions as of ``later``, numbered the same) and their follow-ups; the others keep their
+    row. Rows are picked with ``is_in`` against the few touched episodes (cheaper than joins
+    that hash both sides), and of the pain scores only follow-ups are read (pre and post are
+    in ``scored``).
     """
     followups = pain_scores.filter(pl.col("timepoint") == "followup")
     touched = touched_between(scored, followups, earlier, later)["episode_id"]
     kept = later_outcomes.filter((pl.col("referral_date") <= earlier) & _not_in(touched))
     redo = episodes.filter((pl.col("referral_date") <= earlier) & pl.col("episode_id").is_in(touched.implode()))
-    scored_earlier = scored.filter((pl.col("session_date") <= earlier)
-                                   & pl.col("episode_id").is_in(redo["episode_id"].implode()))
-    redone = episode_outcomes_from(redo, scored_earlier, followups, earlier, settings).select(later_outcomes.columns)
+    redo_ids = redo["episode_id"].implode()
+    scored_earlier = scored.filter((pl.col("session_date") <= earlier) & pl.col("episode_id").is_in(redo_ids))
+    redone = episode_outcomes_from(redo, scored_earlier, followups.filter(pl.col("episode_id").is_in(redo_ids)),
+                                   earlier, settings).select(later_outcomes.columns)
     return _sorted_by_episode(kept, redone)
 
 

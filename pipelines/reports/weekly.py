@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from pipelines.ingest.reasons import rejection_reasons
 from pipelines.outcomes import stats
 from pipelines.outcomes.metrics import episode_outcomes_from, episodes_as_of, scored_sessions, session_relief_from
-from pipelines.outcomes.summary import ALL, condition_summary_from, group_statistics, summarise
+from pipelines.outcomes.summary import ALL, STATISTICS_COLUMNS, condition_summary_from, group_statistics, summarise
 from pipelines.outcomes.tables import km_curves, pain_trajectories
 from pipelines.reports import captions, charts
 from pipelines.reports.history import outcomes_before, relief_before, weekly_cohorts
@@ -138,7 +138,8 @@ def _relief_episodes(relief: pl.DataFrame, by: str) -> tuple[pl.DataFrame, int]:
     """
     ids = relief["episode_id"]
     if ids.null_count() == 0 and ids.is_sorted():
-        new_episode = pl.col("episode_id").ne(pl.col("episode_id").shift()).fill_null(True)
+        # compared once, used twice below
+        new_episode = relief.select(pl.col("episode_id").ne(pl.col("episode_id").shift()).fill_null(True)).to_series()
         if not relief.select((~new_episode & pl.col(by).ne_missing(pl.col(by).shift())).any()).item():
             firsts = relief.filter(new_episode)
             return firsts.group_by(by).agg(pl.len().alias("n_relief")), firsts.height
@@ -311,7 +312,10 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
                          ).select(REPORT_OUTCOME_COLUMNS)
     relief = stored_or("session_relief_table", lambda: session_relief_from(ep, scored, sunday))
     summary = condition_summary_from(outcomes, relief, settings)
-    previous = _pooled(outcomes_before(ep, scored, ps, outcomes, sunday, previous_sunday, settings),
+    # the previous Sunday's pooled statistics read only these columns of its outcomes
+    previous = _pooled(outcomes_before(ep, scored, ps, outcomes.select("episode_id", "referral_date",
+                                                                        *STATISTICS_COLUMNS),
+                                       sunday, previous_sunday, settings),
                        relief_before(relief, ep, previous_sunday), settings) if ep.height else None
     pooled = summary.filter(pl.col("condition") == ALL).row(0, named=True) if summary.height else None
 

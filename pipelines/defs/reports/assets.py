@@ -39,6 +39,19 @@ REUSED_COLUMNS = {"scored_sessions": ["episode_id", "session_date", "k", "pre", 
 #: (for the clinic summary)
 ONLY_TO_COMPUTE = {"scored_sessions": {"post": "session_relief_table"},
                    "session_relief_table": {"clinic_id": "clinic_condition_summary"}}
+#: the columns the report reads of the two large accepted tables. Not their session ids: only
+#: computing scored sessions again needs them (see with_session_ids), and at a million
+#: episodes they are a third of what reading these two inputs costs
+REPORT_COLUMNS = {"sessions": ["episode_id", "session_date"],
+                  "pain_scores": ["episode_id", "timepoint", "score", "recorded_on"]}
+
+
+def with_session_ids(store: ProcessedTableIOManager, sessions: pl.DataFrame, pain_scores: pl.DataFrame
+                     ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The report's sessions and pain scores (:data:`REPORT_COLUMNS`) with their session_id
+    column, read from the same stored tables (row for row: a table is read in its stored order)."""
+    return (sessions.hstack(store.read("sessions", ["session_id"])),
+            pain_scores.hstack(store.read("pain_scores", ["session_id"])))
 
 
 def stored_outcomes(store: ProcessedTableIOManager, inputs: str, settings: Settings, sunday: date,
@@ -96,9 +109,7 @@ def build_weekly_report_asset(partitions_def: dg.WeeklyPartitionsDefinition) -> 
         # computation as of the week's Sunday; see stored_outcomes
         deps=list(REUSABLE),
         # only the columns the report uses of the two large tables (see ProcessedTableIOManager)
-        ins={"sessions": dg.AssetIn(metadata={"columns": ["session_id", "episode_id", "session_date"]}),
-             "pain_scores": dg.AssetIn(metadata={"columns": ["episode_id", "session_id", "timepoint", "score",
-                                                             "recorded_on"]})},
+        ins={name: dg.AssetIn(metadata={"columns": columns}) for name, columns in REPORT_COLUMNS.items()},
     )
     def weekly_report(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_settings: AnalysisSettings,
                       run_guard: RunGuard, processed_io_manager: dg.ResourceParam[ProcessedTableIOManager],
@@ -112,6 +123,8 @@ def build_weekly_report_asset(partitions_def: dg.WeeklyPartitionsDefinition) -> 
             processed_io_manager, accepted_digest(paths, ingest_audit, episodes, sessions, pain_scores),
             settings, sunday, episodes, sessions, pain_scores)
         context.log.info(f"report for {week}: {reuse}")
+        if "scored_sessions" not in stored:
+            sessions, pain_scores = with_session_ids(processed_io_manager, sessions, pain_scores)
         inputs = ReportInputs(episodes=episodes, sessions=sessions, pain_scores=pain_scores, audit=ingest_audit,
                               rejected=rejected_rows, settings=settings, labels=vocabulary.labels,
                               run_date=paths.run_date(settings.timezone), code_version=code_version(),
