@@ -32,10 +32,6 @@ def _shown(col: str) -> pl.Expr:
     return pl.when(value.str.len_chars() > 40).then(value.str.slice(0, 37) + "...").otherwise(value)
 
 
-def _stored(col: str) -> pl.Expr:
-    return _stored_expr(pl.col(col))
-
-
 def _quoted(col: str) -> pl.Expr:
     return pl.lit("'") + _shown(col) + pl.lit("'")
 
@@ -186,35 +182,50 @@ def side_schema(spec: TableSpec) -> dict[str, pl.DataType]:
             **{c.name: pl.Date for c in spec.columns if c.kind == "date"}}
 
 
-def _trimmed(expr: pl.Expr) -> pl.Expr:
-    """A cell as the rules see it: trimmed, and empty as missing."""
-    value = expr.str.strip_chars()
-    return pl.when(value.str.len_bytes() > 0).then(value)
+def _trimmed(frame: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """Cells as the rules see them: trimmed, and empty as missing. In two steps: one
+    expression naming the stripped value twice strips every cell twice."""
+    frame = frame.with_columns([pl.col(c).str.strip_chars() for c in names])
+    return frame.with_columns([pl.when(pl.col(c).str.len_bytes() > 0).then(pl.col(c)) for c in names])
 
 
-def _column_flags(frame: pl.DataFrame, column: Column, vocabulary: Vocabulary) -> pl.DataFrame:
-    """Per row of ``frame`` (raw, untrimmed cells): ``typed`` value, ``fails`` (any rule of
-    the column), ``keep`` (raw text not printed back by ``typed``) and ``empty``.
+_FLAGS = ("fails", "keep", "empty")
 
-    Coded, numeric and date columns hold few distinct values: they are checked once per
-    distinct value and the results looked up, which costs a fraction of checking every row.
-    """
+
+def _checked(cells: pl.Series, column: Column, vocabulary: Vocabulary) -> pl.DataFrame:
+    """Per cell of ``cells`` (raw, untrimmed): the ``typed`` value and those of ``fails`` (any
+    rule of the column), ``keep`` (raw text not printed back by ``typed``) and ``empty``
+    that hold for some cell (a flag left out is false everywhere)."""
     name = column.name
-    per_value = column.kind not in ("id", "text")
-    source = frame.get_column(name).unique() if per_value else frame.get_column(name)
-    checked = source.to_frame("_cell").with_columns(_trimmed(pl.col("_cell")).alias(name))
-    checked = checked.with_columns(_typed(column, vocabulary).alias("typed"))
     typed = pl.col("typed")
     rules = _column_rules(column, typed)
     keep = _non_canonical(column, typed)
+    checked = _trimmed(cells.to_frame(name), [name]).with_columns(_typed(column, vocabulary).alias("typed"))
     checked = checked.select(
-        "_cell", "typed", pl.any_horizontal([cond for cond, _ in rules]).alias("fails"),
-        (keep.fill_null(False) if keep is not None else pl.lit(False)).alias("keep"),
+        "typed", pl.any_horizontal([cond for cond, _ in rules]).alias("fails"),
+        *([keep.fill_null(False).alias("keep")] if keep is not None else []),
         pl.col(name).is_null().alias("empty"))
-    if per_value:
-        checked = frame.select(pl.col(name).alias("_cell")).join(
-            checked, on="_cell", how="left", nulls_equal=True, maintain_order="left")
-    return checked.drop("_cell")
+    return checked.select("typed", *[f for f in _FLAGS if f in checked.columns and checked.get_column(f).any()])
+
+
+def _column_flags(frame: pl.DataFrame, column: Column, vocabulary: Vocabulary) -> pl.DataFrame:
+    """:func:`_checked` for every row of ``frame``.
+
+    Coded, numeric and date columns hold few distinct values: they are checked once per
+    distinct value, and each row takes its value's results by its code in an Enum of the
+    values, which costs a fraction of checking every row (and less than a join).
+    """
+    cells = frame.get_column(column.name)
+    if column.kind in ("id", "text"):
+        return _checked(cells, column, vocabulary)
+    values = cells.unique().drop_nulls()
+    codes = cells.cast(pl.Enum(values)).to_physical().cast(pl.UInt32)
+    if cells.has_nulls():
+        # a missing cell takes the results of a missing value, checked after the others
+        values = values.extend_constant(None, 1)
+        codes = codes.fill_null(values.len() - 1)
+    checked = _checked(values, column, vocabulary)
+    return pl.DataFrame([checked.get_column(c).gather(codes) for c in checked.columns])
 
 
 def check_rows(frame: pl.DataFrame, spec: TableSpec,
@@ -238,38 +249,43 @@ def check_rows(frame: pl.DataFrame, spec: TableSpec,
     absent = [c for c in spec.names if c not in frame.columns]
     frame = frame.with_columns([pl.lit(None, dtype=pl.String).alias(c) for c in absent])
     flags = {c.name: _column_flags(frame, c, vocabulary) for c in spec.columns}
-    state = pl.DataFrame([f.get_column(kind).alias(f"_{kind}_{name}")
-                          for name, f in flags.items() for kind in ("fails", "keep", "empty")])
-    fails = pl.any_horizontal([f"_fails_{name}" for name in flags])
+    # only the flags some row has: the others are false everywhere
+    state = frame.select("line").with_columns([f.get_column(kind).alias(f"_{kind}_{name}")
+                                               for name, f in flags.items() for kind in f.columns[1:]])
+
+    def flag(kind: str, name: str) -> pl.Expr:
+        return pl.col(f"_{kind}_{name}") if kind in flags[name].columns else pl.lit(False)
+
+    fails = pl.any_horizontal(pl.lit(False), *[flag("fails", name) for name in flags])
     if spec.name == "pain_scores":
         # the timepoint rules read the typed timepoint and whether two cells are present
         state = state.with_columns(flags["timepoint"].get_column("typed").alias("timepoint"), *[
-            pl.when(~pl.col(f"_empty_{c}")).then(pl.lit("x")).alias(c) for c in ("session_id", "recorded_on")])
+            pl.when(~flag("empty", c)).then(pl.lit("x")).alias(c) for c in ("session_id", "recorded_on")])
         fails = fails | pl.any_horizontal([cond for cond, _ in _table_rules(spec, pl.col("timepoint"))])
-    blank = pl.all_horizontal([f"_empty_{name}" for name in flags])
+    blank = pl.all_horizontal([flag("empty", name) for name in flags])
     if "_blank_is_no_row" in frame.columns:
         state = state.with_columns(frame.get_column("_blank_is_no_row"))
         blank = blank & pl.col("_blank_is_no_row")
     else:
         blank = pl.lit(False)
-    state = state.select(blank.alias("blank"), fails.alias("fails"),
-                         pl.any_horizontal([f"_keep_{name}" for name in flags]).alias("keep"))
+    keep = pl.any_horizontal(pl.lit(False), *[flag("keep", name) for name in flags])
+    state = state.with_columns(blank.alias("_blank"), fails.alias("_fails"), keep.alias("_keep"))
     carried = [c for c in ("_part",) if c in frame.columns]
-    blank_parts = (frame.get_column("_part").filter(state.get_column("blank")) if carried
+    blank_parts = (frame.get_column("_part").filter(state.get_column("_blank")) if carried
                    else pl.Series("_part", [], pl.Int32))
-    row_ok = state.select(~pl.col("blank") & ~pl.col("fails")).to_series()
-    rows = pl.DataFrame([*(frame.get_column(c) for c in carried), frame.get_column("line"),
-                         *(f.get_column("typed").alias(name) for name, f in flags.items())]).filter(row_ok)
-    in_side = state.select(~pl.col("blank") & (pl.col("fails") | pl.col("keep"))).to_series()
-    side = _side(frame.select(*carried, "line", *spec.names).filter(in_side), spec, vocabulary)
-    return rows, side, blank_parts
+    row_ok = state.select(~pl.col("_blank") & ~pl.col("_fails")).to_series()
+    typed = [f.get_column("typed").alias(name) for name, f in flags.items()]
+    rows = pl.DataFrame([*(frame.get_column(c) for c in carried), frame.get_column("line"), *typed]).filter(row_ok)
+    in_side = state.select(~pl.col("_blank") & (pl.col("_fails") | pl.col("_keep"))).to_series()
+    side = frame.select(*carried, "line", *spec.names, *[t.alias(f"_t_{t.name}") for t in typed]).filter(in_side)
+    return rows, _side(side, spec), blank_parts
 
 
-def _side(frame: pl.DataFrame, spec: TableSpec, vocabulary: Vocabulary) -> pl.DataFrame:
-    """The side table of :func:`check_rows` for the (few) rows it keeps: every rule over
-    their trimmed raw cells, with texts, as rejected_rows.csv shows them."""
-    frame = frame.with_columns([_trimmed(pl.col(c)).alias(c) for c in spec.names])
-    frame = frame.with_columns([_typed(c, vocabulary).alias(f"_t_{c.name}") for c in spec.columns])
+def _side(frame: pl.DataFrame, spec: TableSpec) -> pl.DataFrame:
+    """The side table of :func:`check_rows` for the (few) rows it keeps (raw cells and typed
+    values ``_t_<col>``): every rule over their trimmed raw cells, with texts for the rows
+    that fail, as rejected_rows.csv shows them."""
+    frame = _trimmed(frame, spec.names)
     rules: list[tuple[pl.Expr, pl.Expr]] = []
     for column in spec.columns:
         rules.extend(_column_rules(column, pl.col(f"_t_{column.name}")))
@@ -277,11 +293,20 @@ def _side(frame: pl.DataFrame, spec: TableSpec, vocabulary: Vocabulary) -> pl.Da
     carried = [c for c in ("_part",) if c in frame.columns]
     flagged = frame.with_columns([cond.alias(f"_f{i}") for i, (cond, _) in enumerate(rules)])
     # texts over the stored raw values, as rejected_rows.csv shows them
-    flagged = flagged.with_columns([_stored(c).alias(c) for c in spec.names])
-    return flagged.select(
-        *carried, "line",
+    # (masked first: an expression naming the masked value thrice would mask it thrice)
+    flagged = flagged.with_columns([mask_expr(pl.col(c)).alias(c) for c in spec.names])
+    flagged = flagged.with_columns([_shortened(pl.col(c)).alias(c) for c in spec.names])
+    flagged = flagged.with_columns(pl.any_horizontal([f"_f{i}" for i in range(len(rules))]).alias("_failing"))
+    # texts only for the rows that fail (most side rows are kept raw cells); the others
+    # take the empty list after them
+    texts = flagged.filter(pl.col("_failing")).select(
         pl.concat_list([pl.when(pl.col(f"_f{i}")).then(text).otherwise(None)
-                        for i, (_, text) in enumerate(rules)]).list.drop_nulls().alias("reasons"),
+                        for i, (_, text) in enumerate(rules)]).list.drop_nulls()).to_series()
+    texts = texts.extend(pl.Series([[]], dtype=pl.List(pl.String)))
+    failing = pl.col("_failing")
+    at = pl.when(failing).then(failing.cum_sum().cast(pl.Int64) - 1).otherwise(texts.len() - 1)
+    return flagged.select(
+        *carried, "line", pl.lit(texts).gather(at).alias("reasons"),
         *[pl.col(c).alias(f"raw_{c}") for c in spec.names],
         *[pl.col(f"_t_{c.name}").alias(c.name) for c in spec.columns if c.kind == "date"])
 
@@ -329,6 +354,9 @@ def with_raw(rows: pl.DataFrame, kept: pl.DataFrame, spec: TableSpec) -> pl.Data
 
 
 def _stored_expr(value: pl.Expr) -> pl.Expr:
-    value = mask_expr(value)
+    return _shortened(mask_expr(value))
+
+
+def _shortened(value: pl.Expr) -> pl.Expr:
     return pl.when(value.str.len_chars() > STORED_CELL_CHARS).then(
         value.str.slice(0, STORED_CELL_CHARS) + "…").otherwise(value)
