@@ -5,6 +5,12 @@ reason a clinic's staff can act on. A readable file becomes a polars frame with 
 String column per contract column present (cells as written: trimming, empty cells and
 blank lines are rule 2's business, :func:`pipelines.ingest.validate.check_rows`) plus
 ``line``; rows with the wrong number of fields come back separately, already rejected.
+
+Most exports are plain: no double quote, every line ending in LF or CRLF, and every line
+with the header's number of fields. Polars reads those (:func:`_read_plain`) into its own
+strings, with about a fifth less CPU than pyarrow's CSV reader followed by the copy into
+polars; anything else goes to pyarrow (:func:`_read_general`), which handles quoted fields
+with line breaks and hands back the rows with the wrong number of fields.
 """
 
 from __future__ import annotations
@@ -139,6 +145,8 @@ def _normalise_header(raw_names: list[str], spec: TableSpec) -> tuple[list[str],
 
 
 def _check_utf8(data: bytes) -> None:
+    if data.isascii():  # (a tenth of the cost of decoding)
+        return
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -166,7 +174,8 @@ def read_csv(path: Path, spec: TableSpec) -> ReadFile:
     _check_utf8(data)
     if b"\x00" in data:
         raise RefusedFile("contains NUL bytes: a binary or damaged file, not a CSV export")
-    if data.count(b'"') % 2:
+    quoted = b'"' in data  # (a search stops at the first; counting reads the whole file)
+    if quoted and data.count(b'"') % 2:
         raise RefusedFile("broken quoting: a double quote is never closed; check quoted fields")
     raw_names = _header(data)
     matched, extras = _normalise_header(raw_names, spec)
@@ -174,6 +183,60 @@ def read_csv(path: Path, spec: TableSpec) -> ReadFile:
         data += b"\n"
     ncols = len(raw_names)
     positional = [f"c{i}" for i in range(ncols)]
+    plain = None if quoted else _read_plain(data, positional)
+    if plain is not None:
+        frame, bad = plain, []
+    else:
+        frame, bad = _read_general(data, positional, matched)
+    frame = frame.select([p for p, m in zip(positional, matched) if m])
+    frame = frame.rename({p: m for p, m in zip(positional, matched) if m})
+    # line numbers: records are numbered from 2 (header = 1); rows pyarrow skipped keep theirs
+    # (its numbers count the header as record 1 when skip_rows is used: row.number is the
+    # 1-based record number in the file).
+    total = frame.height + len(bad)
+    lines = np.arange(2, total + 2, dtype=np.int64)
+    if bad:
+        lines = np.setdiff1d(lines, np.array([b[0] for b in bad], dtype=np.int64))
+    frame = frame.with_columns(pl.Series("line", lines, dtype=pl.Int64))
+    ragged = _ragged_rows(bad, spec.names, matched, ncols)
+    return ReadFile(frame=frame, ragged=ragged, extra_columns=extras, sha256=digest)
+
+
+def _read_plain(data: bytes, positional: list[str]) -> pl.DataFrame | None:
+    """The records of ``data`` (header line first, ending in LF, no double quote) read by
+    polars, or None unless that is sure to be what :func:`_read_general` reads with no
+    ragged row.
+
+    Without quotes a record is a line and its fields are cut at every comma, in both
+    readers, once every CR is the start of a CRLF (pyarrow also ends a line at a lone CR,
+    polars does not). Polars refuses a line with more fields than ``positional``
+    (``truncate_ragged_lines=False``); when none has more and the commas add up to the
+    header's count on every line, none has fewer either: no short row (which polars would
+    pad), and no blank line (a short row when there are two columns or more).
+    """
+    if len(positional) < 2:
+        return None
+    text = np.frombuffer(data, dtype=np.uint8)
+    ends = np.count_nonzero(text == ord("\n"))
+    if np.count_nonzero(text == ord(",")) != ends * (len(positional) - 1):
+        return None
+    if b"\r" in data:
+        returns = np.flatnonzero(text == ord("\r"))
+        if (text[returns + 1] != ord("\n")).any():  # (data ends in LF: returns + 1 is inside)
+            return None
+    try:
+        frame = pl.read_csv(data, has_header=False, skip_lines=1, schema=dict.fromkeys(positional, pl.String),
+                            quote_char=None, empty_string_is_null=False, truncate_ragged_lines=False,
+                            raise_if_empty=False)
+    except pl.exceptions.PolarsError:
+        return None
+    return frame if frame.height == ends - 1 else None  # (a guard: one row per line after the header)
+
+
+def _read_general(data: bytes, positional: list[str],
+                  matched: list[str]) -> tuple[pl.DataFrame, list[tuple[int, int, str]]]:
+    """Any CSV (pyarrow): the rows with the header's number of fields (columns ``positional``
+    of ``matched`` columns) and the others as (record number, fields, text)."""
     bad: list[tuple[int, int, str]] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
@@ -199,17 +262,7 @@ def read_csv(path: Path, spec: TableSpec) -> ReadFile:
         raise RefusedFile(f"cannot be parsed as CSV: {exc}") from None
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
-    frame = frame.rename({p: m for p, m in zip(positional, matched) if m})
-    # line numbers: records are numbered from 2 (header = 1); rows pyarrow skipped keep theirs
-    # (its numbers count the header as record 1 when skip_rows is used: row.number is the
-    # 1-based record number in the file).
-    total = frame.height + len(bad)
-    lines = np.arange(2, total + 2, dtype=np.int64)
-    if bad:
-        lines = np.setdiff1d(lines, np.array([b[0] for b in bad], dtype=np.int64))
-    frame = frame.with_columns(pl.Series("line", lines, dtype=pl.Int64))
-    ragged = _ragged_rows(bad, spec.names, matched, ncols)
-    return ReadFile(frame=frame, ragged=ragged, extra_columns=extras, sha256=digest)
+    return frame, bad
 
 
 def _ragged_rows(bad: list[tuple[int, int, str]], names: list[str], matched: list[str],
