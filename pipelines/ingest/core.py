@@ -283,15 +283,18 @@ def key_hash(table: str, rows: pl.DataFrame) -> pl.Series:
     return rows.select(pl.struct([k.alias(f"_k{i}") for i, k in enumerate(key)]).hash().alias("_h")).to_series()
 
 
-def _settle_table(spec: TableSpec, rows: pl.DataFrame, side: pl.DataFrame, today: date,
+def _settle_table(spec: TableSpec, held: list[pl.DataFrame], today: date,
                   accepted: dict[str, pl.DataFrame], source_files: pl.Series) -> TableOutcome:
     """Rules 2 (run date), 3 and 4 for one table.
 
-    ``rows``: the rows that passed the rest of rule 2 (typed, with ``file_idx`` and ``line``),
-    in file order; ``side``: their side table (:func:`check_rows`, with ``file_idx``). Every
-    row of a key must be here (rule 4 settles a key over all its rows). Each column of
-    ``rows`` is freed once its values are taken.
+    ``held``: ``[rows, side]``, which this empties so that the caller holds neither: each
+    column of ``rows`` is freed once its values are taken (at a million episodes the pain
+    scores' rows are about 1 GB, at the run's peak of memory). ``rows``: the rows that
+    passed the rest of rule 2 (typed, with ``file_idx`` and ``line``), in file order;
+    ``side``: their side table (:func:`check_rows`, with ``file_idx``). Every row of a key
+    must be here (rule 4 settles a key over all its rows).
     """
+    rows, side = held.pop(0), held.pop(0)
     raw_columns = [f"raw_{c}" for c in spec.names]
     out_columns = ["file_idx", "line", "reasons", *raw_columns]
     failed = side.filter(pl.col("reasons").list.len() > 0)
@@ -346,16 +349,18 @@ def _settle_table(spec: TableSpec, rows: pl.DataFrame, side: pl.DataFrame, today
     take = pl.Series(candidate & (status == ACCEPTED))
     other = pl.Series(candidate & (status != ACCEPTED))
     del file_idx, alive, broken, settled
-    others = rows.select(*spec.names, "file_idx", "line").with_columns(
-        hashed, pl.Series("status", status, dtype=pl.UInt8)).filter(other)
-    accepted_hash = hashed.filter(take)
-    del status, hashed, other
-    # the accepted rows as output, column by column, each column of rows freed once taken
-    out = []
+    # the accepted and the other rows, column by column, each column of rows freed once taken
+    out, rest = [], []
     for name in [*spec.names, "file_idx", "line"]:
-        out.append(rows.get_column(name).filter(take))
+        column = rows.get_column(name)
         rows = rows.drop(name)
-    table = pl.DataFrame(out[:-2] + [out[-1], out[-2], accepted_hash])
+        out.append(column.filter(take))
+        rest.append(column.filter(other))
+        del column
+    del rows
+    others = pl.DataFrame([*rest, hashed.filter(other), pl.Series("status", status, dtype=pl.UInt8).filter(other)])
+    table = pl.DataFrame(out[:-2] + [out[-1], out[-2], hashed.filter(take)])
+    del status, hashed, other, out, rest
     return TableOutcome(accepted=table, rejected_alone=alone, rejected_later=later, counts=counts,
                         others=others, failed=failed, kept=kept, future=future_rows)
 
@@ -609,8 +614,9 @@ def _settle(files: list[RawFile], results: dict[int, dict], today: date, previou
                 counts -= np.bincount(idx * 3 + st, minlength=3 * len(files)).reshape(-1, 3)
             later_kept = old.later.join(again_oth.filter(pl.col("status") == REJECTED).select("file_idx", "line"),
                                         on=["file_idx", "line"], how="anti")
-        outcome = _settle_table(spec, rows, side, today, accepted, source_files)
+        held = [rows, side]
         del rows, side
+        outcome = _settle_table(spec, held, today, accepted, source_files)
         counts += outcome.counts
         if old is not None:
             table_accepted, same_acc = _splice(old.accepted, in_acc.to_numpy(), outcome.accepted)
