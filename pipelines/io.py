@@ -45,6 +45,26 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
+def write_unsynced(target: Path, chunks: list[bytes]) -> None:
+    """Write ``chunks`` beside the target, then rename it over the target; not fsync'ed.
+
+    For derived files whose readers check them (a length and checksum) and can do without
+    them: one a crash left torn reads as a miss. An fsync costs more than the write when
+    gigabytes written before it are still in the page cache.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.writelines(chunks)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success rename it over the target.

@@ -21,13 +21,12 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import polars as pl
 
-from pipelines.io import atomic_path
+from pipelines.io import atomic_path, write_unsynced
 
 #: bump when what is cached, or how it is checked, changes
 RULES_VERSION = "3"
@@ -36,23 +35,6 @@ PARTS = ("rows", "side", "ragged")
 #: an entry is one file: a line of JSON (the parse's status, reason and sha256, and the
 #: length and CRC-32 of each part), then the parts one after the other
 ENTRY_FORMAT = "outcomes-ingest-entry-1"
-
-
-def _write(target: Path, chunks: list[bytes]) -> None:
-    """Write beside the target, then rename. Not fsync'ed: an entry is derived state whose
-    header holds the length and checksum of every part, so an entry a crash left torn
-    reads as a miss (and one file per entry: creating files is what costs here)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.writelines(chunks)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class IngestCache:
@@ -159,7 +141,7 @@ class IngestCache:
                     blob = buffer.getvalue()
                 meta[f"{part}_part"] = [len(blob), zlib.crc32(blob)]
                 blobs.append(blob)
-        _write(self.entries / f"{stem}.entry", [json.dumps(meta).encode() + b"\n", *blobs])
+        write_unsynced(self.entries / f"{stem}.entry", [json.dumps(meta).encode() + b"\n", *blobs])
         self.seen[relpath] = {**signature, "sha256": sha256}
 
     def finish(self) -> None:

@@ -71,7 +71,7 @@ import numpy as np
 import polars as pl
 
 from pipelines.checks import duplicated_rows
-from pipelines.io import atomic_path
+from pipelines.io import write_unsynced
 from pipelines.outcomes.lineage import STAMP_KEY, Lineage
 from pipelines.outcomes.metrics import EXTRA_COLUMNS, OUTCOME_COLUMNS, episodes_with_records_between
 
@@ -170,8 +170,7 @@ class PartSums:
         name = f"{stem}.{zlib.crc32(data):08x}.arrow"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.folder / name) as tmp:
-                tmp.write_bytes(data)
+            write_unsynced(self.folder / name, [data])  # the CRC in its name finds a torn file
             self.used.add(name)
         except OSError:
             pass  # only a cache
