@@ -147,8 +147,8 @@ class PartSums:
         text = json.dumps([SCHEME, pl.__version__, table, columns, digest])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    def sums(self, frame: pl.DataFrame, columns: list[str], table: str, digest: str) -> pl.DataFrame:
-        """:func:`_part_sums` of one stored part, from the folder or computed and stored."""
+    def load(self, table: str, columns: list[str], digest: str) -> pl.DataFrame | None:
+        """The stored sums of one part, or None."""
         stem = self._stem(table, columns, digest)
         for path in self.folder.glob(f"{stem}.*.arrow"):
             try:
@@ -162,8 +162,31 @@ class PartSums:
                 self.used.add(path.name)
                 self.reused += 1
                 return sums
-        sums = _part_sums(frame, columns, table)
-        self.hashed += 1
+        return None
+
+    def compute(self, frame: pl.DataFrame, columns: list[str], table: str,
+                missing: list[tuple[int, int, str]]) -> list[pl.DataFrame]:
+        """The sums of the parts ``missing`` of ``frame`` (first row, rows, digest), each
+        stored; hashed and grouped in one pass over those rows."""
+        source = pl.concat([frame.slice(first, rows) for first, rows, _ in missing], rechunk=False)
+        part = np.repeat(np.arange(len(missing), dtype=np.uint32), [rows for _, rows, _ in missing])
+        # (grouping on two integer keys by hashing costs what sorting one key and grouping
+        # the runs costs; sorting on both costs twice that)
+        grouped = (_hashed(source, columns, table).with_columns(pl.lit(pl.Series("_part", part)))
+                   .group_by("_part", _KEY)
+                   .agg(pl.col("digest_a").sum(), pl.col("digest_b").sum())
+                   .collect()
+                   .partition_by("_part", as_dict=True, include_key=False))
+        empty = pl.DataFrame(schema=_SUMS_SCHEMA)
+        results = []
+        for index, (_, _, digest) in enumerate(missing):
+            sums = grouped.get((index,), empty)
+            self.hashed += 1
+            self._store(self._stem(table, columns, digest), sums)
+            results.append(sums)
+        return results
+
+    def _store(self, stem: str, sums: pl.DataFrame) -> None:
         buffer = io.BytesIO()
         sums.write_ipc(buffer, compression="uncompressed")
         data = buffer.getvalue()
@@ -174,7 +197,6 @@ class PartSums:
             self.used.add(name)
         except OSError:
             pass  # only a cache
-        return sums
 
     def finish(self) -> None:
         """Remove the files of parts this run did not read (replaced or gone)."""
@@ -213,10 +235,16 @@ def episode_digests(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores:
         if part_sums is None or not records or sum(rows for rows, _ in records) != frame.height:
             pieces.append(_part_sums(frame, columns, table))
             continue
-        offset = 0
+        missing, offset = [], 0
         for rows, digest in records:
-            pieces.append(part_sums.sums(frame.slice(offset, rows), columns, table, digest))
+            stored = part_sums.load(table, columns, digest)
+            if stored is None:
+                missing.append((offset, rows, digest))
+            else:
+                pieces.append(stored)
             offset += rows
+        if missing:
+            pieces += part_sums.compute(frame, columns, table, missing)
     sums = (pl.concat(pieces, how="vertical").lazy()
             .group_by(_KEY).agg(pl.col("digest_a").sum(), pl.col("digest_b").sum()))
     return (episodes.lazy().select("episode_id", pl.col("episode_id").hash(_KEY_SEED).alias(_KEY))
