@@ -117,14 +117,19 @@ def _hashed(frame: pl.DataFrame | pl.LazyFrame, columns: list[str], table: str) 
                                row.hash(seed_b).alias("digest_b"))
 
 
-def _part_sums(frame: pl.DataFrame, columns: list[str], table: str) -> pl.DataFrame:
-    """Per 64-bit episode_id hash, the wrapping sums of the rows of ``frame`` (sorting and
-    grouping integers is several times cheaper than grouping millions of text ids; grouping
-    without the sort, in memory or streaming, or scattering into a hash table in numpy were
-    no cheaper at a million episodes)."""
-    return (_hashed(frame, columns, table).sort(_KEY)
-            .group_by(_KEY, maintain_order=True).agg(pl.col("digest_a").sum(), pl.col("digest_b").sum())
-            .collect())
+def _part_sums(frame: pl.DataFrame, columns: list[str], table: str, lengths: list[int]) -> list[pl.DataFrame]:
+    """Per 64-bit episode_id hash, the wrapping sums of the rows of each part of ``frame``
+    (consecutive parts of ``lengths`` rows), in one grouping on (part, hash): grouping
+    integers is several times cheaper than grouping millions of text ids, and hashing the
+    two keys costs what sorting one and grouping its runs does (sorting both, twice that)."""
+    part = np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths)
+    grouped = (_hashed(frame, columns, table).with_columns(pl.lit(pl.Series("_part", part)))
+               .group_by("_part", _KEY)
+               .agg(pl.col("digest_a").sum(), pl.col("digest_b").sum())
+               .collect()
+               .partition_by("_part", as_dict=True, include_key=False))
+    empty = pl.DataFrame(schema=_SUMS_SCHEMA)
+    return [grouped.get((index,), empty) for index in range(len(lengths))]
 
 
 class PartSums:
@@ -169,21 +174,10 @@ class PartSums:
         """The sums of the parts ``missing`` of ``frame`` (first row, rows, digest), each
         stored; hashed and grouped in one pass over those rows."""
         source = pl.concat([frame.slice(first, rows) for first, rows, _ in missing], rechunk=False)
-        part = np.repeat(np.arange(len(missing), dtype=np.uint32), [rows for _, rows, _ in missing])
-        # (grouping on two integer keys by hashing costs what sorting one key and grouping
-        # the runs costs; sorting on both costs twice that)
-        grouped = (_hashed(source, columns, table).with_columns(pl.lit(pl.Series("_part", part)))
-                   .group_by("_part", _KEY)
-                   .agg(pl.col("digest_a").sum(), pl.col("digest_b").sum())
-                   .collect()
-                   .partition_by("_part", as_dict=True, include_key=False))
-        empty = pl.DataFrame(schema=_SUMS_SCHEMA)
-        results = []
-        for index, (_, _, digest) in enumerate(missing):
-            sums = grouped.get((index,), empty)
+        results = _part_sums(source, columns, table, [rows for _, rows, _ in missing])
+        for (_, _, digest), sums in zip(missing, results):
             self.hashed += 1
             self._store(self._stem(table, columns, digest), sums)
-            results.append(sums)
         return results
 
     def _store(self, stem: str, sums: pl.DataFrame) -> None:
@@ -233,7 +227,7 @@ def episode_digests(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores:
     for table, (frame, columns) in tables.items():
         records = (parts or {}).get(table)
         if part_sums is None or not records or sum(rows for rows, _ in records) != frame.height:
-            pieces.append(_part_sums(frame, columns, table))
+            pieces += _part_sums(frame, columns, table, [frame.height])
             continue
         missing, offset = [], 0
         for rows, digest in records:
