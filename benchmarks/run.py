@@ -1,13 +1,14 @@
 """Benchmark `outcomes run` stage by stage against the parse floor.
 
-    python benchmarks/run.py [N ...] [--seed S] [--incremental]
+    python benchmarks/run.py [N ...] [--seed S] [--incremental] [--repeat R]
 
 For each N (default 100000 300000 1000000): generates N episodes with `outcomes synth`
 (cached in benchmarks/.cache/), times the floor (polars reading the same CSV files and
 nothing more), then runs `outcomes run` in a fresh process on fresh output folders and
 reads the per-step times it prints. Prints one table: N, rows per table, seconds per
 stage, total, floor, total/floor and peak RSS. With --incremental it also times a weekly
-run after one new week of exports against a full run (the ingest cache at work).
+run after one new week of exports against a full run (the ingest cache at work), R times
+(default 1; single runs on this machine differ by 2-3 s at 1M, so take the median of several).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,10 +73,12 @@ def timed_run(raw: Path, work: Path, extra: list[str] | None = None) -> dict:
     args = [OUTCOMES, "run", "--raw-dir", str(raw), "--processed-dir", str(work / "processed"),
             "--reports-dir", str(work / "reports"), "--today", TODAY, *(extra or [])]
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    before = _children_cpu()
     started = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     stdout, stderr = proc.communicate()
     wall = time.perf_counter() - started
+    user, system = (after - earlier for after, earlier in zip(_children_cpu(), before))
     if proc.returncode != 0:
         raise SystemExit(f"outcomes run failed ({proc.returncode}):\n{stdout}\n{stderr}")
     files = re.search(r"^Files: ([0-9,]+) ingested", stdout + "\n" + stderr, re.MULTILINE)
@@ -93,7 +97,14 @@ def timed_run(raw: Path, work: Path, extra: list[str] | None = None) -> dict:
             stages["outcomes"] += seconds
         elif step == "weekly_report":
             stages["report"] += seconds
-    return {"wall": wall, **stages}
+    return {"wall": wall, "user": user, "system": system, **stages}
+
+
+def _children_cpu() -> tuple[float, float]:
+    """User and system CPU seconds of the finished child processes so far."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime, usage.ru_stime
 
 
 def peak_rss_mib() -> float:
@@ -121,6 +132,10 @@ def incremental(raw: Path) -> tuple[dict, dict]:
     return full_run, weekly_run
 
 
+def _run_text(run: dict) -> str:
+    return f"{run['wall']:.1f}s ({run['user']:.1f} user + {run['system']:.1f} system CPU-s)"
+
+
 def _link_tree(source: Path, target: Path) -> None:
     def link(src: str, dst: str) -> None:
         try:
@@ -135,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sizes", nargs="*", type=int, default=[100_000, 300_000, 1_000_000])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--incremental", action="store_true", help="also time a weekly incremental run")
+    parser.add_argument("--repeat", type=int, default=1, help="incremental measurements per N (median shown)")
     args = parser.parse_args(argv)
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}, "
           f"polars {pl.__version__}")
@@ -155,12 +171,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{result['wall']:7.1f} {floor:6.2f} {result['wall'] / floor:7.1f} "
               f"{(result['ingest'] + result['outcomes']) / floor:10.1f} {max(peak, before):8.0f}", flush=True)
         if args.incremental:
-            full, weekly = incremental(raw)
-            print(f"{'':>9} incremental: full run {full['wall']:.1f}s, weekly run after one new week "
-                  f"{weekly['wall']:.1f}s ({100 * weekly['wall'] / full['wall']:.0f}% of full)", flush=True)
-            stages = ", ".join(f"{stage} {full[stage]:.1f}s -> {weekly[stage]:.1f}s"
-                               for stage in ("ingest", "checks", "outcomes", "report"))
-            print(f"{'':>9} incremental by stage (full -> weekly): {stages}", flush=True)
+            pairs = [incremental(raw) for _ in range(max(args.repeat, 1))]
+            for full, weekly in pairs:
+                print(f"{'':>9} incremental: full run {_run_text(full)}, weekly run after one new week "
+                      f"{_run_text(weekly)} ({100 * weekly['wall'] / full['wall']:.0f}% of full)", flush=True)
+                stages = ", ".join(f"{stage} {full[stage]:.1f}s -> {weekly[stage]:.1f}s"
+                                   for stage in ("ingest", "checks", "outcomes", "report"))
+                print(f"{'':>9} incremental by stage (full -> weekly): {stages}", flush=True)
+            if len(pairs) > 1:
+                full_wall = statistics.median(full["wall"] for full, _ in pairs)
+                weekly_wall = statistics.median(weekly["wall"] for _, weekly in pairs)
+                print(f"{'':>9} incremental, median of {len(pairs)}: full run {full_wall:.1f}s, weekly run "
+                      f"{weekly_wall:.1f}s ({100 * weekly_wall / full_wall:.0f}% of full)", flush=True)
     print("peak RSS is the largest of the child processes so far (ru_maxrss); stage times are Dagster step "
           "times; total is the wall time of `outcomes run` including Python and Dagster start-up.")
     return 0
