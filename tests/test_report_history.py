@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from pipelines.outcomes.metrics import episode_outcomes, scored_sessions, session_relief
+from pipelines.outcomes.metrics import episode_outcomes, episode_outcomes_from, scored_sessions, session_relief
 from pipelines.outcomes.summary import ALL, condition_summary_from
-from pipelines.reports.history import outcomes_before, relief_before, weekly_cohorts
+from pipelines.reports.history import outcomes_before, weekly_cohorts
 from pipelines.reports.weekly import TREND_WEEKS, _pooled
 from pipelines.settings import Settings
 
@@ -128,7 +128,9 @@ def _loop_trend(ep, se, ps, sunday: date, weeks: int, settings: Settings) -> lis
 def test_weekly_cohorts_equal_the_per_week_computation(tables, back, settings):
     ep, se, ps = tables
     sunday = SUNDAY - timedelta(weeks=back)
-    got = weekly_cohorts(ep, se, ps, scored_sessions(ep, se, ps, sunday), sunday, TREND_WEEKS, settings)
+    scored = scored_sessions(ep, se, ps, sunday)
+    got = weekly_cohorts(ep, se, ps, scored, episode_outcomes_from(ep, scored, ps, sunday, settings), sunday,
+                         TREND_WEEKS, settings)
     expected = _loop_trend(ep, se, ps, sunday, TREND_WEEKS, settings)
     assert got.to_dicts() == expected
     assert sum(r["responder_n"] for r in expected) > 0
@@ -137,7 +139,9 @@ def test_weekly_cohorts_equal_the_per_week_computation(tables, back, settings):
 def test_weekly_cohorts_before_any_record():
     ep, se, ps = _edge_cases()
     sunday = date(2020, 1, 5)
-    got = weekly_cohorts(ep, se, ps, scored_sessions(ep, se, ps, sunday), sunday, TREND_WEEKS, SETTINGS)
+    scored = scored_sessions(ep, se, ps, sunday)
+    got = weekly_cohorts(ep, se, ps, scored, episode_outcomes_from(ep, scored, ps, sunday, SETTINGS), sunday,
+                         TREND_WEEKS, SETTINGS)
     assert got.to_dicts() == _loop_trend(ep, se, ps, sunday, TREND_WEEKS, SETTINGS)
     assert got["responder_n"].sum() == 0 and got.height == TREND_WEEKS
 
@@ -150,14 +154,6 @@ def test_outcomes_before_equal_episode_outcomes(tables, days_back):
     scored = scored_sessions(ep, se, ps, SUNDAY)
     assert_frame_equal(outcomes_before(ep, scored, ps, later, SUNDAY, earlier, SETTINGS),
                        episode_outcomes(ep, se, ps, earlier, SETTINGS))
-
-
-@pytest.mark.parametrize("days_back", [0, 7, 2000])
-def test_relief_before_equals_session_relief(tables, days_back):
-    ep, se, ps = tables
-    relief = session_relief(ep, se, ps, SUNDAY)
-    earlier = SUNDAY - timedelta(days=days_back)
-    assert_frame_equal(relief_before(relief, ep, earlier), session_relief(ep, se, ps, earlier))
 
 
 def test_pooled_is_the_all_row_of_the_condition_summary(tables):

@@ -29,16 +29,6 @@ from pipelines.outcomes.metrics import (
 from pipelines.settings import Settings
 
 
-def relief_before(relief: pl.DataFrame, episodes: pl.DataFrame, earlier: date) -> pl.DataFrame:
-    """Session relief as of ``earlier`` from the session relief of ``episodes`` as of a later date.
-
-    Its rows dated on or before ``earlier`` of the episodes referred by then, found as those
-    not among the few referred later (or undated): cheaper than looking up every row's
-    episode among all referred by then."""
-    later = episodes.filter(pl.col("referral_date").le(earlier).not_().fill_null(True))["episode_id"]
-    return relief.filter((pl.col("session_date") <= earlier) & _not_in(later))
-
-
 def _not_in(ids: pl.Series) -> pl.Expr:
     """Rows whose episode_id is not in ``ids`` (a row without one is not in them: an anti join)."""
     return pl.col("episode_id").is_in(ids.implode()).fill_null(False).not_()
@@ -88,7 +78,8 @@ WEEKLY_COHORT_SCHEMA = {"week_end": pl.Date, "sessions": pl.Int64, "new_episodes
 
 
 def weekly_cohorts(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: pl.DataFrame,
-                   scored: pl.DataFrame, as_of: date, weeks: int, settings: Settings | None = None) -> pl.DataFrame:
+                   scored: pl.DataFrame, outcomes: pl.DataFrame, as_of: date, weeks: int,
+                   settings: Settings | None = None) -> pl.DataFrame:
     """The 12-week trend's counts for the ``weeks`` weeks ending on Sunday ``as_of``, oldest first.
 
     One row per week (``week_end`` its Sunday): sessions dated that week, episodes referred
@@ -96,13 +87,16 @@ def weekly_cohorts(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: 
     analysed as of the week's Sunday whose latest outcome observation was taken that week
     (``responder_n``), and how many of them are responder_30 (``responders``).
 
-    ``scored`` is ``scored_sessions(episodes, sessions, pain_scores, as_of)``. As of a
+    ``scored`` is ``scored_sessions(episodes, sessions, pain_scores, as_of)`` and ``outcomes``
+    the episode outcomes computed from it (episode_id, referral_date, baseline_pain). As of a
     week's Sunday E, an episode referred on or before E with an outcome observation dated
     that week has: session 1 on or before E (an observation follows a session), so its
     baseline is the one as of ``as_of``; at least one observation; and as its final score
     the last observation dated that week (observations as of E are those as of ``as_of``
     dated on or before E). So it is analysed exactly when its baseline is there and not 0,
-    and a responder as :func:`episode_outcomes` computes it.
+    and a responder as :func:`episode_outcomes` computes it. Its referral date and that
+    baseline (the pre score of its session 1 in ``scored``) are taken from ``outcomes`` in one
+    join: at a million episodes, joining the episodes and the first sessions each cost as much.
 
     Only the observations dated in the window are built (``outcome_observations`` would
     number every rating of every episode): the pre score of a session k >= 2 (t = k - 1),
@@ -125,8 +119,7 @@ def weekly_cohorts(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: 
                 .group_by("week_index").agg(pl.len().cast(pl.Int64).alias(name)))
 
     scored = scored.lazy()
-    first = scored.filter(pl.col("k") == 1).select("episode_id", pl.col("session_date").alias("first_session"),
-                                                   pl.col("pre").alias("baseline_pain"))
+    first = scored.filter(pl.col("k") == 1).select("episode_id", pl.col("session_date").alias("first_session"))
     in_window = pl.col("date").is_between(first_day, as_of)
     from_pre = (scored.filter(pl.col("session_date").is_between(first_day, as_of) & (pl.col("k") >= 2)
                               & pl.col("pre").is_not_null())
@@ -136,15 +129,14 @@ def weekly_cohorts(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: 
                      .select("episode_id", pl.col("recorded_on").alias("date"), pl.lit(True).alias("followup"),
                              pl.lit(0, dtype=pl.Int64).alias("k"), pl.col("score").cast(pl.Float64))
                      .filter(in_window)
-                     .join(first.select("episode_id", "first_session"), on="episode_id")
+                     .join(first, on="episode_id")
                      .filter(pl.col("first_session") <= pl.col("date")).drop("first_session"))
     finals = (pl.concat([from_pre, from_followup], how="vertical").with_columns(week_index("date"))
               .group_by("week_index", "episode_id")
               .agg(pl.col("score").sort_by("date", "followup", "k").last().alias("final_pain"))
               .join(week_ends.lazy(), on="week_index")
-              .join(episodes.lazy().select("episode_id", "referral_date"), on="episode_id")
+              .join(outcomes.lazy().select("episode_id", "referral_date", "baseline_pain"), on="episode_id")
               .filter(pl.col("referral_date") <= pl.col("week_end"))
-              .join(first.select("episode_id", "baseline_pain"), on="episode_id")
               .filter(pl.col("baseline_pain").is_not_null() & (pl.col("baseline_pain") != 0)))
     # the same arithmetic as episode_outcomes (64-bit change, then the percentage)
     change = pl.col("baseline_pain").cast(pl.Float64) - pl.col("final_pain").cast(pl.Float64)

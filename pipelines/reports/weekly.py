@@ -21,7 +21,7 @@ from pipelines.outcomes.metrics import episode_outcomes_from, episodes_as_of, sc
 from pipelines.outcomes.summary import ALL, STATISTICS_COLUMNS, condition_summary_from, group_statistics, summarise
 from pipelines.outcomes.tables import km_curves, pain_trajectories
 from pipelines.reports import captions, charts
-from pipelines.reports.history import outcomes_before, relief_before, weekly_cohorts
+from pipelines.reports.history import outcomes_before, weekly_cohorts
 from pipelines.reports.publish import DASH, count_text, publish_summary, suppress_parts
 from pipelines.settings import Settings
 
@@ -110,10 +110,11 @@ def _weekly_counts(episodes: pl.DataFrame, sessions: pl.DataFrame, monday: date,
     }
 
 
-def _pooled(outcomes: pl.DataFrame, relief: pl.DataFrame, settings: Settings) -> dict:
+def _pooled(outcomes: pl.DataFrame, relief: pl.DataFrame | None, settings: Settings) -> dict:
     """The ALL row of ``condition_summary_from(outcomes, relief, settings)`` (summarise pools
     every episode with ``group_statistics``), without the per-condition rows it would also fit.
-    Its p value is left out: only the headline numbers are read from it."""
+    Its p value is left out, and so is its relief mean when ``relief`` is None: the headline
+    reads neither."""
     row = group_statistics(outcomes, relief, settings, with_p_value=False)
     return {"condition": ALL, **row, "q_value": row["p_value"]}
 
@@ -147,7 +148,7 @@ def _relief_episodes(relief: pl.DataFrame, by: str) -> tuple[pl.DataFrame, int]:
             ids.n_unique() if relief.height else 0)
 
 
-def _trend(inputs: ReportInputs, sunday: date, scored: pl.DataFrame) -> pl.DataFrame:
+def _trend(inputs: ReportInputs, sunday: date, scored: pl.DataFrame, outcomes: pl.DataFrame) -> pl.DataFrame:
     """The last TREND_WEEKS weeks: sessions, new episodes and the week's responder cohort.
 
     A week's cohort: the episodes analysed as of its Sunday whose latest outcome rating was
@@ -156,8 +157,8 @@ def _trend(inputs: ReportInputs, sunday: date, scored: pl.DataFrame) -> pl.DataF
     """
     rows = []
     k = inputs.settings.min_cell_size
-    weekly = weekly_cohorts(inputs.episodes, inputs.sessions, inputs.pain_scores, scored, sunday, TREND_WEEKS,
-                            inputs.settings)
+    weekly = weekly_cohorts(inputs.episodes, inputs.sessions, inputs.pain_scores, scored, outcomes, sunday,
+                            TREND_WEEKS, inputs.settings)
     for week in weekly.iter_rows(named=True):
         n, responders = week["responder_n"], week["responders"]
         rate, low, high = stats.wilson_interval(responders, n) if n >= k else (None, None, None)
@@ -312,11 +313,12 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
                          ).select(REPORT_OUTCOME_COLUMNS)
     relief = stored_or("session_relief_table", lambda: session_relief_from(ep, scored, sunday))
     summary = condition_summary_from(outcomes, relief, settings)
-    # the previous Sunday's pooled statistics read only these columns of its outcomes
+    # the previous Sunday's pooled statistics read only these columns of its outcomes, and
+    # not its session relief (_to_date_rows shows no relief)
     previous = _pooled(outcomes_before(ep, scored, ps, outcomes.select("episode_id", "referral_date",
                                                                         *STATISTICS_COLUMNS),
                                        sunday, previous_sunday, settings),
-                       relief_before(relief, ep, previous_sunday), settings) if ep.height else None
+                       None, settings) if ep.height else None
     pooled = summary.filter(pl.col("condition") == ALL).row(0, named=True) if summary.height else None
 
     published = publish_summary(summary, k, _base_counts(outcomes, relief, "condition"))
@@ -338,7 +340,7 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
 
     trajectories = stored_or("pain_trajectories", lambda: pain_trajectories(scored, episodes_as_of(ep, sunday)))
     km = km_curves(outcomes).filter(pl.col("at_risk") >= k)  # no curve over fewer than k patients
-    trend = _trend(inputs, sunday, scored)
+    trend = _trend(inputs, sunday, scored, outcomes)
     pooled_rate = pooled["responder_30_rate"] if pooled and pooled["n_analysed"] >= k else None
     clinics_table, funnel_points = _clinics(
         _per_clinic(outcomes, relief, settings, inputs.stored.get("clinic_condition_summary")), settings, pooled_rate)

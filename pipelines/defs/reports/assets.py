@@ -33,7 +33,7 @@ REUSABLE = {
 #: episodes scored sessions and session relief have five to six million rows
 REUSED_COLUMNS = {"scored_sessions": ["episode_id", "session_date", "k", "pre", "post"],
                   "episode_outcomes": REPORT_OUTCOME_COLUMNS,
-                  "session_relief_table": ["episode_id", "session_date", "clinic_id", "condition", "relief"]}
+                  "session_relief_table": ["episode_id", "clinic_id", "condition", "relief"]}
 #: columns of a reused table read only to compute a later table of REUSABLE, and so not read
 #: when that one is reused too: the post scores (for session relief), a relief row's clinic
 #: (for the clinic summary)
