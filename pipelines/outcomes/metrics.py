@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import date
 
+import numpy as np
 import polars as pl
 
 from pipelines.outcomes.joins import left_join_by_hash, semi_join_by_hash
@@ -196,25 +197,61 @@ def session_relief(episodes: pl.DataFrame, sessions: pl.DataFrame, pain_scores: 
     return session_relief_from(episodes, scored_sessions(episodes, sessions, pain_scores, as_of), as_of)
 
 
-def session_relief_from(episodes: pl.DataFrame, scored: pl.DataFrame, as_of: date) -> pl.DataFrame:
+def session_relief_from(episodes: pl.DataFrame, scored: pl.DataFrame, as_of: date,
+                        rows: pl.Series | None = None) -> pl.DataFrame:
     """:func:`session_relief` from the output of :func:`scored_sessions` for the same ``as_of``:
-    its sessions with both scores, in its order, with their episode's clinic and condition."""
-    eps = episodes_as_of(episodes, as_of)
-    both = scored.filter(pl.col("pre").is_not_null() & pl.col("post").is_not_null())
-    return (with_episode_columns(both, eps, ["clinic_id", "condition"])
+    its sessions with both scores, in its order, with their episode's clinic and condition.
+
+    ``rows``: each scored session's row of ``episodes`` (:func:`episode_rows`, with
+    ``episodes`` the episode outcomes computed from ``scored``), taken as is."""
+    both = scored["pre"].is_not_null() & scored["post"].is_not_null()
+    if rows is None:
+        episodes = episodes_as_of(episodes, as_of)
+    return (with_episode_columns(scored.filter(both), episodes, ["clinic_id", "condition"],
+                                 None if rows is None else rows.filter(both))
             .with_columns((pl.col("pre") - pl.col("post")).alias("relief")))
 
 
-def with_episode_columns(frame: pl.DataFrame, episodes: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+def episode_rows(scored: pl.DataFrame, outcomes: pl.DataFrame) -> pl.Series | None:
+    """The row of ``outcomes`` of each row's episode, for :func:`scored_sessions` and the
+    :func:`episode_outcomes_from` computed from it (``outcomes`` needs episode_id and
+    sessions_attended); None when the two are not laid out as those functions leave them.
+
+    Both are sorted by episode_id and sessions_attended counts an episode's scored sessions,
+    so ``scored`` is, in the order of ``outcomes``, one run of sessions_attended rows per
+    episode: the row numbers follow from the counts, with no episode looked up. That layout
+    is checked where it can fail: the runs of one episode_id in ``scored`` start where the
+    counts say, and the first row of each is that episode's (so every row of a run is)."""
+    attended = outcomes["sessions_attended"]
+    ids = scored["episode_id"]
+    if (ids.null_count() or attended.null_count() or (outcomes.height and attended.min() < 0)
+            or attended.sum() != scored.height):
+        return None
+    counts = attended.to_numpy()
+    present = counts > 0
+    starts = np.flatnonzero(ids.ne_missing(ids.shift()).fill_null(True).to_numpy())
+    expected = (np.cumsum(counts) - counts)[present]
+    if len(starts) != len(expected) or not (starts == expected).all():
+        return None
+    if not ids.gather(starts).equals(outcomes["episode_id"].filter(present), check_names=False):
+        return None
+    return pl.Series("row", np.repeat(np.arange(outcomes.height, dtype=np.uint32), counts))
+
+
+def with_episode_columns(frame: pl.DataFrame, episodes: pl.DataFrame, columns: list[str],
+                         rows: pl.Series | None = None) -> pl.DataFrame:
     """``frame.join(episodes.select("episode_id", *columns), on="episode_id", maintain_order="left")``:
     the rows of ``frame`` whose episode is in ``episodes``, in frame's order, with that
-    episode's ``columns`` (which ``frame`` must not have).
+    episode's ``columns`` (which ``frame`` must not have). ``rows``: each row's row of
+    ``episodes`` when known (:func:`episode_rows`): the columns are taken from there.
 
     Scored sessions come in runs of one episode's rows, so the episodes are looked up once
     per run (by :func:`left_join_by_hash`) and the columns repeated along each run: at a
     million episodes that is a fifth of the lookups of a join per session. Any row order
     gives the same result (more runs); an episode_id repeated in ``episodes`` (which would
     repeat rows) means the plain join."""
+    if rows is not None:
+        return frame.hstack(episodes.select(columns).rechunk().gather(rows).get_columns())
     matched = "__episode_matched"
     new_run = (pl.col("episode_id") != pl.col("episode_id").shift()).fill_null(True)
     starts = frame.select(new_run).to_series()

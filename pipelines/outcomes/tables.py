@@ -18,20 +18,24 @@ KM_SCHEMA = {"condition": pl.String, "t": pl.Float64, "survival": pl.Float64, "c
              "censored": pl.Int64}
 
 
-def pain_trajectories(scored_sessions: pl.DataFrame, episodes: pl.DataFrame) -> pl.DataFrame:
+def pain_trajectories(scored_sessions: pl.DataFrame, episodes: pl.DataFrame,
+                      rows: pl.Series | None = None) -> pl.DataFrame:
     """Mean ``pre`` score by session number k per condition (and ALL), with n and a 95% t interval.
 
     ``scored_sessions`` comes from :func:`pipelines.outcomes.metrics.scored_sessions` (only
     episode_id, k and pre are read). The interval is empty for n < 2 and equals the mean
-    when the sd is 0.
+    when the sd is 0. ``rows``: each scored session's row of ``episodes`` when known
+    (:func:`pipelines.outcomes.metrics.episode_rows`), instead of looking its episode up.
     """
-    pre = (scored_sessions.filter(pl.col("pre").is_not_null())
-           .select("episode_id", pl.col("k").alias("session_number"), "pre"))
+    has_pre = scored_sessions["pre"].is_not_null()
+    pre = scored_sessions.select("episode_id", pl.col("k").alias("session_number"), "pre").filter(has_pre)
+    if rows is not None:
+        rows = rows.filter(has_pre)
     statistics = [pl.len().cast(pl.Int64).alias("n"), pl.col("pre").mean().alias("mean_pre"),
                   pl.col("pre").std(ddof=1).alias("sd_pre")]
     conditions = episodes["condition"].drop_nulls().unique().sort()
     if ALL in conditions:  # its rows share the pooled rows' group, as in the concatenation below
-        pre = with_episode_columns(pre, episodes, ["condition"]).select("condition", "session_number", "pre")
+        pre = with_episode_columns(pre, episodes, ["condition"], rows).select("condition", "session_number", "pre")
         both = pl.concat([pre, pre.with_columns(pl.lit(ALL).alias("condition"))], how="vertical")
         grouped = both.group_by("condition", "session_number").agg(statistics)
     else:
@@ -42,7 +46,7 @@ def pain_trajectories(scored_sessions: pl.DataFrame, episodes: pl.DataFrame) -> 
         coded = episodes.select("episode_id", pl.col("condition").cast(pl.Enum(conditions)).to_physical()
                                 .cast(pl.Int64).fill_null(len(conditions)).alias("_condition"))
         key = (pl.col("_condition") * 2**32 + pl.col("session_number")).alias("_key")
-        by_key = with_episode_columns(pre, coded, ["_condition"]).group_by(key).agg(statistics)
+        by_key = with_episode_columns(pre, coded, ["_condition"], rows).group_by(key).agg(statistics)
         names = pl.Series("condition", [*conditions, None], dtype=pl.String)
         per_condition = by_key.select(names.gather(by_key["_key"] // 2**32),
                                       (pl.col("_key") % 2**32).alias("session_number"), "n", "mean_pre", "sd_pre")

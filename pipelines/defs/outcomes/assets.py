@@ -6,7 +6,8 @@ Two multi-asset steps do most of the work, each reading its large inputs once:
   and ``pain_trajectories``. The first two are incremental (pipelines.outcomes.incremental):
   they splice the previous run's rows of unchanged episodes (from ``paths.processed_dir``)
   with the rows of the episodes they recompute, and say which they did in their Dagster
-  metadata (``incremental``); the other two are computed from the scored sessions in memory.
+  metadata (``incremental``); the other two are computed from the scored sessions and
+  episode outcomes in memory.
 * ``outcome_summaries``: ``condition_summary`` and ``clinic_condition_summary``, which read
   the same columns and share their groupings. They wait for the blocking
   ``episode_outcomes_consistent`` check.
@@ -24,7 +25,7 @@ from pipelines.io import write_table
 from pipelines.outcomes import incremental as inc
 from pipelines.outcomes.lineage import Lineage, code_fingerprint, inputs_digest
 from pipelines.outcomes.metrics import episode_outcomes_from, episodes_as_of, scored_sessions as compute_scored
-from pipelines.outcomes.metrics import session_relief_from
+from pipelines.outcomes.metrics import episode_rows, session_relief_from
 from pipelines.outcomes.summary import STATISTICS_COLUMNS, summaries
 from pipelines.outcomes.tables import KM_COLUMNS
 from pipelines.outcomes.tables import km_curves as compute_km_curves
@@ -115,9 +116,11 @@ def outcome_tables(context: dg.AssetExecutionContext, paths: PipelineConfig, ana
     """The four tables computed from the accepted sessions, in one step: each large input is
     read and each episode's rows are found once for all of them, and the scored sessions
     stay in memory for the three tables computed from them. Scored sessions and episode
-    outcomes are incremental (pipelines.outcomes.incremental); session relief and the
+    outcomes are incremental (pipelines.outcomes.incremental), and the scored sessions of
+    the episodes they recompute are computed once for both; session relief and the
     trajectories are computed from the scored sessions (reading last run's relief table
-    costs more than computing it)."""
+    costs more than computing it), each session's episode columns taken by position in the
+    episode outcomes (pipelines.outcomes.metrics.episode_rows) instead of looked up."""
     settings = analysis_settings.to_settings()
     as_of = paths.resolve_as_of(sessions, pain_scores, settings.timezone)
     inputs = accepted_digest(paths, ingest_audit, episodes, sessions, pain_scores)
@@ -142,19 +145,28 @@ def outcome_tables(context: dg.AssetExecutionContext, paths: PipelineConfig, ana
     # published with the tables (pipelines.pipeline._publish_tables), stamped like scored_sessions
     write_table(digests, Path(processed_io_manager.processed_dir) / inc.DIGESTS_FILE,
                 inc.digests_metadata(scored_stamp))
+    # the incremental plans of one run recompute the same episodes: their rows are picked out
+    # and their scored sessions computed once for both tables, before the previous tables are read
     recompute = next((p.recompute for p in (scored_plan, outcomes_plan) if p.incremental), None)
-    mine = inc.rows_of(recompute, episodes, sessions, pain_scores) if recompute is not None else None
+    mine_scored = mine_outcomes = None
+    if recompute is not None:
+        mine = inc.rows_of(recompute, episodes, sessions, pain_scores)
+        mine_scored = inc.scored_sessions_of(recompute, *mine, as_of)
+        if outcomes_plan.incremental:
+            mine_outcomes = inc.episode_outcomes_of(recompute, mine[0], mine_scored, mine[2], as_of, settings)
+        del mine
 
     scored = _incrementally(context, scored_plan, _SCORED_FILE, "scored_sessions", paths,
-                            lambda ids: inc.scored_sessions_of(ids, *mine, as_of),
+                            lambda ids: inc.only(mine_scored, ids),
                             lambda: compute_scored(episodes, sessions, pain_scores, as_of))
+    del mine_scored
     yield dg.Output(scored, output_name="scored_sessions", metadata={"lineage": scored_stamp.to_json()})
 
     outcomes = _incrementally(
-        context, outcomes_plan, _OUTCOMES_FILE, "episode_outcomes", paths,
-        lambda ids: inc.episode_outcomes_of(ids, mine[0], scored, mine[2], as_of, settings),
+        context, outcomes_plan, _OUTCOMES_FILE, "episode_outcomes", paths, lambda ids: inc.only(mine_outcomes, ids),
         lambda: episode_outcomes_from(episodes, scored, pain_scores, as_of, settings),
         expected_rows=episodes.select((pl.col("referral_date") <= as_of).sum()).item())
+    del mine_outcomes
     reasons = outcomes.group_by("exclusion_reason").len().sort("exclusion_reason")
     yield dg.Output(outcomes, output_name="episode_outcomes", metadata={
         "lineage": outcomes_stamp.to_json(),
@@ -163,12 +175,18 @@ def outcome_tables(context: dg.AssetExecutionContext, paths: PipelineConfig, ana
         "analysed": int(outcomes["analysed"].sum()),
         "exclusions": _md(reasons),
     })
-    del outcomes, mine  # not needed below: free them before the relief table is built
-    # computed from the scored sessions, so stamped like them; each reads a few episode columns
-    relief_episodes = episodes.select("episode_id", "referral_date", "clinic_id", "condition")
-    yield dg.Output(session_relief_from(relief_episodes, scored, as_of), output_name="session_relief_table",
+    # computed from the scored sessions, so stamped like them; each reads a few episode
+    # columns, by position in the episode outcomes when the two are laid out as computed
+    per_episode = outcomes.select("episode_id", "sessions_attended", "clinic_id", "condition")
+    del outcomes  # not needed below: free it before the relief table is built
+    rows = episode_rows(scored, per_episode)
+    if rows is None:
+        context.log.warning("scored_sessions and episode_outcomes are not laid out as computed: "
+                            "relief and trajectories look every episode up")
+        per_episode = episodes_as_of(episodes.select("episode_id", "referral_date", "clinic_id", "condition"), as_of)
+    yield dg.Output(session_relief_from(per_episode, scored, as_of, rows), output_name="session_relief_table",
                     metadata={"lineage": scored_stamp.to_json()})
-    yield dg.Output(compute_trajectories(scored, episodes_as_of(relief_episodes.drop("clinic_id"), as_of)),
+    yield dg.Output(compute_trajectories(scored, per_episode.select("episode_id", "condition"), rows),
                     output_name="pain_trajectories", metadata={"lineage": scored_stamp.to_json()})
 
 
