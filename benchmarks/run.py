@@ -171,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{result['wall']:7.1f} {floor:6.2f} {result['wall'] / floor:7.1f} "
               f"{(result['ingest'] + result['outcomes']) / floor:10.1f} {max(peak, before):8.0f}", flush=True)
         if args.incremental:
-            pairs = [incremental(raw) for _ in range(max(args.repeat, 1))]
-            for full, weekly in pairs:
+            pairs = []
+            for _ in range(max(args.repeat, 1)):  # each printed as soon as it is measured
+                full, weekly = incremental(raw)
+                pairs.append((full, weekly))
                 print(f"{'':>9} incremental: full run {_run_text(full)}, weekly run after one new week "
                       f"{_run_text(weekly)} ({100 * weekly['wall'] / full['wall']:.0f}% of full)", flush=True)
                 stages = ", ".join(f"{stage} {full[stage]:.1f}s -> {weekly[stage]:.1f}s"
