@@ -6,8 +6,8 @@ from pipelines.definitions import defs
 
 ASSETS = {
     "episodes", "sessions", "pain_scores", "rejected_rows", "ingest_audit",
-    "scored_sessions", "episode_outcomes", "session_relief_table", "condition_summary", "clinic_condition_summary",
-    "pain_trajectories", "km_curves",
+    "scored_sessions", "episode_outcomes", "session_relief_table", "condition_summary", "condition_summary_table",
+    "clinic_condition_summary", "pain_trajectories", "km_curves",
 }
 CHECKS = {
     ("ingest_audit", "audit_reconciles"),

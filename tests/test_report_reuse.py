@@ -26,8 +26,8 @@ from pipelines.defs.reports.assets import (
 from pipelines.defs.resources import CSV_SCHEMAS, PipelineConfig, ProcessedTableIOManager
 from pipelines.outcomes.lineage import STAMP_KEY, Lineage, read_lineage
 from pipelines.outcomes.metrics import episode_outcomes_from, same_records_as_of, scored_sessions
-from pipelines.outcomes.summary import ALL, clinic_condition_summary, summarise
-from pipelines.reports.weekly import ReportInputs, _per_clinic, build_report
+from pipelines.outcomes.summary import ALL, clinic_condition_summary, condition_summary_from, summarise
+from pipelines.reports.weekly import REPORT_OUTCOME_COLUMNS, ReportInputs, _per_clinic, build_report
 from pipelines.settings import Settings
 from pipelines.vocabulary import Vocabulary
 from report_helpers import SUNDAY, WEEK, main_report  # noqa: F401  (fixture)
@@ -111,6 +111,18 @@ def test_run_stamps_the_reusable_tables(main_report):  # noqa: F811
     assert read_lineage(main_report.processed_dir / "condition_summary.csv") is None
 
 
+def test_the_stamped_condition_summary_is_the_published_csv(main_report):  # noqa: F811
+    """condition_summary.parquet (what the report reuses) holds the rows, columns and values of
+    condition_summary.csv, and both equal the summary the report would compute itself."""
+    processed = main_report.processed_dir
+    stamped = pl.read_parquet(processed / "condition_summary.parquet")
+    assert_frame_equal(stamped, pl.read_csv(processed / "condition_summary.csv",
+                                            schema=CSV_SCHEMAS["condition_summary.csv"]))
+    relief = pl.read_parquet(processed / "session_relief.parquet")
+    outcomes = pl.read_parquet(processed / "episode_outcomes.parquet", columns=REPORT_OUTCOME_COLUMNS)
+    assert stamped.height > 2 and stamped.equals(condition_summary_from(outcomes, relief, Settings()))
+
+
 def test_reused_report_equals_recomputed_report(stored):
     found, said = _attempt(*stored)
     assert set(found) == set(REUSABLE), said
@@ -149,6 +161,18 @@ def _restamp(path, **changes):
     frame = pl.read_parquet(path)
     fields = {"inputs": stamp.inputs, "as_of": stamp.as_of, "code": stamp.code, "settings": stamp.settings, **changes}
     frame.write_parquet(path, metadata={STAMP_KEY: Lineage(**fields).to_json()})
+
+
+def test_the_report_takes_its_condition_rows_from_the_stored_summary(stored):
+    """A reused condition summary is what the report publishes: a value changed in the stored
+    table (which a real run never does) shows in summary.csv."""
+    found, said = _attempt(*stored)
+    assert "condition_summary_table" in found, said
+    doctored = found["condition_summary_table"].with_columns(
+        pl.when(pl.col("condition") == ALL).then(pl.lit(9.75)).otherwise(pl.col("mean_change")).alias("mean_change"))
+    report = _report(*stored, {**found, "condition_summary_table": doctored})
+    assert report.summary_csv.filter(pl.col("condition") == ALL)["mean_change"].item() == 9.75
+    assert _report(*stored, found).summary_csv.filter(pl.col("condition") == ALL)["mean_change"].item() != 9.75
 
 
 def _attempt(processed, ep, se, ps, audit, settings=None, sunday=SUNDAY):
@@ -208,7 +232,8 @@ def test_records_between_the_dates_recompute(stored):
     assert found == {} and "records differ" in said
 
 
-@pytest.mark.parametrize("name", ["episode_outcomes", "session_relief_table", "clinic_condition_summary"])
+@pytest.mark.parametrize("name", ["episode_outcomes", "session_relief_table", "condition_summary_table",
+                                  "clinic_condition_summary"])
 @pytest.mark.parametrize("damage", ["missing", "unstamped", "corrupt"])
 def test_missing_or_unstamped_tables_recompute(stored, damage, name):
     processed = stored[0]
@@ -233,7 +258,7 @@ def test_partly_reused_report_equals_recomputed_report(stored):
     for name in ("session_relief_table", "clinic_condition_summary"):
         pl.read_parquet(processed / REUSABLE[name][0]).write_parquet(processed / REUSABLE[name][0])
     found, said = _attempt(*stored)
-    assert set(found) == {"scored_sessions", "episode_outcomes", "pain_trajectories"}, said
+    assert set(found) == {"scored_sessions", "episode_outcomes", "pain_trajectories", "condition_summary_table"}, said
     assert "post" in found["scored_sessions"].columns
     _assert_same_report(_report(*stored, found), _report(*stored, {}))
 
@@ -335,7 +360,7 @@ def test_pipeline_as_of_midweek_recomputes_the_report(tmp_path):
     events = instance.fetch_materializations(dg.AssetKey("weekly_report"), limit=1).records
     said = events[0].asset_materialization.metadata["outcomes"].value
     assert said.startswith("reused scored_sessions, episode_outcomes, session_relief_table, pain_trajectories, "
-                           "clinic_condition_summary")
+                           "condition_summary_table, clinic_condition_summary")
     assert "recomputed" not in said
 
 

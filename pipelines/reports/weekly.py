@@ -58,8 +58,8 @@ class ReportInputs:
     vocabulary_fingerprint: str = ""
     #: outcome tables as of the week's Sunday that the outcomes job already computed from these
     #: same tables (pipelines.outcomes.lineage), by asset name: scored_sessions, episode_outcomes,
-    #: session_relief_table, pain_trajectories, clinic_condition_summary. The report computes
-    #: the ones not given.
+    #: session_relief_table, pain_trajectories, condition_summary_table, clinic_condition_summary.
+    #: The report computes the ones not given.
     stored: dict[str, pl.DataFrame] = field(default_factory=dict)
 
 
@@ -312,7 +312,7 @@ def build_report(inputs: ReportInputs, week: str) -> ReportContent:
     outcomes = stored_or("episode_outcomes", lambda: episode_outcomes_from(ep, scored, ps, sunday, settings)
                          ).select(REPORT_OUTCOME_COLUMNS)
     relief = stored_or("session_relief_table", lambda: session_relief_from(ep, scored, sunday))
-    summary = condition_summary_from(outcomes, relief, settings)
+    summary = stored_or("condition_summary_table", lambda: condition_summary_from(outcomes, relief, settings))
     # the previous Sunday's pooled statistics read only these columns of its outcomes, and
     # not its session relief (_to_date_rows shows no relief)
     previous = _pooled(outcomes_before(ep, scored, ps, outcomes.select("episode_id", "referral_date",

@@ -8,9 +8,9 @@ Two multi-asset steps do most of the work, each reading its large inputs once:
   with the rows of the episodes they recompute, and say which they did in their Dagster
   metadata (``incremental``); the other two are computed from the scored sessions and
   episode outcomes in memory.
-* ``outcome_summaries``: ``condition_summary`` and ``clinic_condition_summary``, which read
-  the same columns and share their groupings. They wait for the blocking
-  ``episode_outcomes_consistent`` check.
+* ``outcome_summaries``: ``condition_summary`` (with its typed, stamped Parquet twin
+  ``condition_summary_table``) and ``clinic_condition_summary``, which read the same columns
+  and share their groupings. They wait for the blocking ``episode_outcomes_consistent`` check.
 """
 
 import json
@@ -195,6 +195,10 @@ def outcome_tables(context: dg.AssetExecutionContext, paths: PipelineConfig, ana
     outs={
         "condition_summary": _out(
             "condition_summary.csv", "Per-condition outcomes with the ALL row, every column of METRICS.md."),
+        "condition_summary_table": _out(
+            "condition_summary.parquet",
+            "The same table as condition_summary.csv, typed and stamped with its lineage (what the weekly "
+            "report reuses instead of computing it again; notebooks may read either)."),
         "clinic_condition_summary": _out(
             "clinic_condition_summary.parquet",
             "The condition summary per clinic and condition (with a per-clinic ALL), for funnel plots."),
@@ -206,14 +210,16 @@ def outcome_summaries(analysis_settings: AnalysisSettings,
                       processed_io_manager: dg.ResourceParam[ProcessedTableIOManager],
                       episode_outcomes: pl.DataFrame, session_relief_table: pl.DataFrame):
     """Both summaries in one step: they read the same columns and share their groupings
-    (pipelines.outcomes.summary.summaries)."""
+    (pipelines.outcomes.summary.summaries). Computed from the episode outcomes alone (and
+    the relief computed with them), both are stamped like episode_outcomes."""
     summary, clinics = summaries(episode_outcomes, session_relief_table, analysis_settings.to_settings())
+    stamp = _stamp_of(processed_io_manager, _OUTCOMES_FILE).to_json()
     yield dg.Output(summary, output_name="condition_summary", metadata={
         "conditions": summary.height - 1, "table": _md(summary.select(
             "condition", "n_episodes", "n_analysed", "mean_change", "responder_30_rate",
             "median_sessions_to_response", "suppressed"))})
-    yield dg.Output(clinics, output_name="clinic_condition_summary",
-                    metadata={"lineage": _stamp_of(processed_io_manager, _OUTCOMES_FILE).to_json()})
+    yield dg.Output(summary, output_name="condition_summary_table", metadata={"lineage": stamp})
+    yield dg.Output(clinics, output_name="clinic_condition_summary", metadata={"lineage": stamp})
 
 
 @dg.asset(group_name=GROUP, io_manager_key=IO, metadata={"filename": "km_curves.parquet"},

@@ -27,6 +27,7 @@ REUSABLE = {
     "episode_outcomes": ("episode_outcomes.parquet", True),
     "session_relief_table": ("session_relief.parquet", False),
     "pain_trajectories": ("pain_trajectories.parquet", False),
+    "condition_summary_table": ("condition_summary.parquet", True),
     "clinic_condition_summary": ("clinic_condition_summary.parquet", True),
 }
 #: the columns the report reads of a reused table (all when not listed): at a million
