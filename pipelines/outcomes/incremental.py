@@ -48,9 +48,10 @@ that describe it), the code and the polars version are this run's, and for
 **One step, both tables.** The two tables are made by one step (``outcome_tables``), so the
 inputs are digested and compared with the previous digests once (:class:`Planner`), the
 rows of the episodes to recompute are picked out of the accepted tables once
-(:func:`rows_of`), and their scored sessions are computed once for both tables. Where the previous and this run's digests list the same episodes in the
-same order (a week of exports mostly appends), they are compared row by row and only the
-rest is joined (:func:`compare`). The splice (:func:`splice`) is planned per run of one
+(:func:`rows_of`), and their scored sessions are computed once for both tables. Where the
+previous and this run's digests list the same episodes in the same order (a week of
+exports mostly appends), they are compared row by row and only the rest is joined
+(:func:`compare`). The splice (:func:`splice`) is planned per run of one
 episode's rows and keeps the rows before the first change as they are.
 
 Pure logic, no Dagster: ``pipelines/defs/outcomes/assets.py`` does the wiring.
