@@ -256,8 +256,51 @@ def stored_parts(folder: Path) -> list[tuple[Path, dict]]:
     return parts
 
 
+def part_digests(frame: pl.DataFrame, part_rows: int | None = None, base: dict | None = None,
+                 unchanged: int = 0) -> dict:
+    """The :func:`rows_digest` of each part :func:`write_parts` cuts ``frame`` into, as
+    ``{"part_rows": part_rows, "format": ..., "polars": ..., "parts": [[rows, digest], ...]}``,
+    for ``write_parts(..., known=...)``. ``base``: the same for an earlier frame whose first
+    ``unchanged`` rows are ``frame``'s first rows: its records of the full parts within them
+    are taken, not computed again (a weekly ingest keeps most of its accepted rows as they
+    were), when it was made the same way (part size, part format, polars version)."""
+    part_rows = part_rows or PART_ROWS
+    made = {"part_rows": part_rows, "format": PART_FORMAT, "polars": pl.__version__}
+    records: list[list] = []
+    offset = 0
+    if _known_digests(base, None, part_rows) is not None:
+        for rows, digest in base["parts"]:
+            if rows != part_rows or offset + rows > min(unchanged, frame.height):
+                break
+            records.append([rows, digest])
+            offset += rows
+    for start in range(offset, frame.height, part_rows) if frame.height or records else [0]:
+        chunk = frame.slice(start, part_rows)
+        records.append([chunk.height, rows_digest(chunk)])
+    return {**made, "parts": records}
+
+
+def _known_digests(known: dict | None, height: int | None, part_rows: int) -> list | None:
+    """``known``'s records (:func:`part_digests`) when they describe parts of ``part_rows``
+    rows of this part format and polars version, adding up to ``height`` (any height when
+    None), else None."""
+    if not isinstance(known, dict) or known.get("part_rows") != part_rows or known.get("format") != PART_FORMAT \
+            or known.get("polars") != pl.__version__:
+        return None
+    parts = known.get("parts")
+    if not isinstance(parts, list) or not parts or not all(
+            isinstance(r, (list, tuple)) and len(r) == 2 and isinstance(r[0], int) and isinstance(r[1], str)
+            for r in parts):
+        return None
+    rows = [r[0] for r in parts]
+    if (height is not None and sum(rows) != height) or any(n != part_rows for n in rows[:-1]) \
+            or not 0 <= rows[-1] <= part_rows:
+        return None
+    return [list(r) for r in parts]
+
+
 def write_parts(frame: pl.DataFrame, target: str | Path, previous: str | Path | None = None,
-                part_rows: int = PART_ROWS) -> dict[str, int]:
+                part_rows: int | None = None, known: dict | None = None) -> dict[str, int]:
     """Store ``frame`` as a folder of Parquet parts at ``target``, atomically.
 
     The leading parts of the table folder ``previous`` (default: ``target`` itself) whose
@@ -267,10 +310,24 @@ def write_parts(frame: pl.DataFrame, target: str | Path, previous: str | Path | 
     in parts of ``part_rows`` rows. A table that only gained
     rows at its end, or changed near it, costs the writing of those rows only.
     Returns the numbers of parts reused and written and of rows written.
+
+    ``known``: the frame's part digests as :func:`part_digests` gives them, which the
+    caller has already (ingest carries them over for the rows a weekly run keeps): then no
+    row is hashed here. Ignored unless they describe parts of ``part_rows`` rows adding up
+    to the frame's height.
     """
     target = Path(target)
     previous = Path(previous) if previous is not None else target
+    part_rows = part_rows or PART_ROWS
     schema = _schema_text(frame)
+    digests = _known_digests(known, frame.height, part_rows)
+
+    def digest(index: int, start: int, chunk: pl.DataFrame) -> str:
+        if digests is not None and index < len(digests) and start == index * part_rows \
+                and digests[index][0] == chunk.height:
+            return digests[index][1]
+        return rows_digest(chunk)
+
     reuse: list[Path] = []
     offset = 0
     for path, record in stored_parts(previous):
@@ -280,7 +337,7 @@ def write_parts(frame: pl.DataFrame, target: str | Path, previous: str | Path | 
         if (record.get("format") != PART_FORMAT or record.get("schema") != schema
                 or record.get("polars") != pl.__version__ or not 0 < rows <= frame.height - offset
                 or (rows != part_rows and offset + rows != frame.height)
-                or record.get("digest") != rows_digest(frame.slice(offset, rows))):
+                or record.get("digest") != digest(len(reuse), offset, frame.slice(offset, rows))):
             break
         reuse.append(path)
         offset += rows
@@ -298,8 +355,8 @@ def write_parts(frame: pl.DataFrame, target: str | Path, previous: str | Path | 
             starts = [0]  # an empty table: one empty part keeps its schema
         for index, start in enumerate(starts, start=len(reuse)):
             chunk = frame.slice(start, part_rows)
-            record = {"format": PART_FORMAT, "rows": chunk.height, "digest": rows_digest(chunk), "schema": schema,
-                      "polars": pl.__version__}
+            record = {"format": PART_FORMAT, "rows": chunk.height, "digest": digest(index, start, chunk),
+                      "schema": schema, "polars": pl.__version__}
             path = folder / part_name(index)
             chunk.write_parquet(path, compression="zstd", compression_level=PARQUET_ZSTD_LEVEL,
                                 metadata={PART_KEY: json.dumps(record)})

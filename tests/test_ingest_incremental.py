@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 from test_ingest_property import TODAY, raw_folder
 
+from pipelines import io as table_io
 from pipelines.ingest import core, ingest_folder
 from pipelines.ingest import state as state_module
 
@@ -40,6 +41,7 @@ def small_parts_read_back(monkeypatch):
     """State parts of 3 rows, so that these small folders have many and later runs link the
     unchanged ones; and every state saved must read back as exactly the state computed."""
     monkeypatch.setattr(state_module, "PART_ROWS", 3)
+    monkeypatch.setattr(table_io, "PART_ROWS", 4)  # the accepted tables' parts (their digests carry over)
     save = core.save_state
 
     def save_and_compare(folder, state, identity):
@@ -59,6 +61,9 @@ def small_parts_read_back(monkeypatch):
 def assert_same(got, want):
     for name in TABLES:
         assert_frame_equal(got.table(name), want.table(name), check_exact=True), name
+    # the digests of the accepted tables' parts, carried over or not, are their rows' digests
+    for name in ("episodes", "sessions", "pain_scores"):
+        assert got.part_digests[name] == want.part_digests[name] == table_io.part_digests(got.table(name)), name
 
 
 def write(raw: Path, files: dict) -> None:
@@ -292,3 +297,36 @@ def test_old_rows_accepted_late_are_merged_in_and_the_parts_from_them_on_written
     assert second[0].incremental is not None
     assert second[0].sessions["session_id"].to_list() == [f"S{i}" for i in range(1, 11)]
     assert linked == ["sessions.accepted.00000.arrow", "sessions.accepted.00001.arrow"]
+
+
+def test_a_weekly_run_carries_over_the_digests_of_the_accepted_parts_it_keeps(tmp_path, monkeypatch):
+    """The accepted tables' leading parts whose rows a run keeps as they were get the last
+    run's digests, not hashed again (write_parts then links them without hashing either);
+    a correction to an old row hashes its part and every part after it."""
+    raw, cache, today = tmp_path / "raw", tmp_path / "cache", date(2026, 3, 1)
+    episodes = "".join(f"E{i},P{i},C1,LBP,2026-01-05\n" for i in range(10))
+    sessions = "".join(f"S{i},E{i},T1,2026-01-10\n" for i in range(10))
+    write(raw, {"w1/episodes.csv": (EPISODES + episodes).encode(), "w1/sessions.csv": (SESSIONS + sessions).encode()})
+    first = ingest_folder(raw, today, cache_dir=cache)
+    hashed: list = []
+    real = table_io.rows_digest
+    monkeypatch.setattr(table_io, "rows_digest", lambda chunk: hashed.append(chunk.height) or real(chunk))
+
+    write(raw, {"w2/sessions.csv": (SESSIONS + "S10,E1,T1,2026-01-17\nS11,E2,T1,2026-01-17\n").encode()})
+    second = ingest_folder(raw, today, cache_dir=cache)
+    assert second.incremental is not None
+    # sessions in parts of 4: [4, 4, 2] -> [4, 4, 4], the first two kept; episodes [4, 4, 2] kept
+    # whole (a short last part is hashed again); no pain scores: one empty part
+    assert sorted(hashed) == sorted([4, 2, 0])
+    assert second.part_digests["sessions"]["parts"][:2] == first.part_digests["sessions"]["parts"][:2]
+    assert second.part_digests["episodes"] == first.part_digests["episodes"]
+
+    hashed.clear()
+    write(raw, {"w3/sessions.csv": (SESSIONS + "S4,E4,T1,2026-01-11\n").encode()})  # a correction to row 4
+    third = ingest_folder(raw, today, cache_dir=cache)
+    assert third.incremental is not None
+    assert sorted(hashed) == sorted([4, 4, 2, 0])  # sessions' parts 1 and 2 and the last; episodes; scores
+    monkeypatch.undo()
+    for result in (second, third):
+        for name in ("episodes", "sessions", "pain_scores"):
+            assert result.part_digests[name] == table_io.part_digests(result.table(name), 4)

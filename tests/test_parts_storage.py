@@ -184,3 +184,128 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+# Known part digests (pipelines.io.part_digests): what ingest hands write_parts so that it
+# hashes no row, and what it carries over for the rows a weekly run keeps.
+
+def _counting_digests(monkeypatch) -> list:
+    calls: list = []
+    real = io.rows_digest
+
+    def counted(chunk):
+        calls.append(chunk.height)
+        return real(chunk)
+
+    monkeypatch.setattr(io, "rows_digest", counted)
+    return calls
+
+
+@pytest.mark.parametrize("rows", [0, 4, 5, 23, 25])
+def test_part_digests_are_the_digests_write_parts_stores(tmp_path, rows):
+    table = frame(rows)
+    known = io.part_digests(table, 5)
+    write_parts(table, tmp_path / "t.parquet", part_rows=5)
+    assert known == {"part_rows": 5, "format": io.PART_FORMAT, "polars": pl.__version__,
+                     "parts": [[r["rows"], r["digest"]] for _, r in stored_parts(tmp_path / "t.parquet")]}
+
+
+def test_part_digests_carry_over_the_full_parts_within_the_unchanged_rows_only(monkeypatch):
+    old, new = frame(23), pl.concat([frame(12), frame(14, start=100)])  # rows 0-11 kept, the rest new
+    base = io.part_digests(old, 5)
+    calls = _counting_digests(monkeypatch)
+    got = io.part_digests(new, 5, base, unchanged=12)
+    assert calls == [5, 5, 5, 1]  # parts 0 and 1 (rows 0-9) carried over; rows 10-25 hashed
+    assert got["parts"][:2] == base["parts"][:2]
+    monkeypatch.undo()
+    assert got == io.part_digests(new, 5)
+    # made another way (part size, format, polars version), or no unchanged rows: nothing carried over
+    for other in ({"part_rows": 4}, {"format": io.PART_FORMAT + 1}, {"polars": "0.0.1"}):
+        assert io.part_digests(new, 5, {**base, **other}, unchanged=12) == io.part_digests(new, 5), other
+    assert io.part_digests(new, 5, base, unchanged=4) == io.part_digests(new, 5)
+
+
+def test_write_parts_with_known_digests_hashes_nothing_and_writes_the_same_folder(tmp_path, monkeypatch):
+    first, grown = frame(12), frame(23)
+    write_parts(first, tmp_path / "a.parquet", part_rows=5)
+    write_parts(first, tmp_path / "b.parquet", part_rows=5, known=io.part_digests(first, 5))
+    known = io.part_digests(grown, 5)
+    calls = _counting_digests(monkeypatch)
+    with_known = write_parts(grown, tmp_path / "b.parquet", part_rows=5, known=known)
+    assert calls == []
+    without = write_parts(grown, tmp_path / "a.parquet", part_rows=5)
+    assert calls  # the same write without them hashes the parts it compares and writes
+    assert with_known == without == {"parts_reused": 2, "parts_written": 3, "rows_written": 13}
+    for a, b in zip(stored_parts(tmp_path / "a.parquet"), stored_parts(tmp_path / "b.parquet"), strict=True):
+        assert a[1] == b[1]
+        assert_frame_equal(pl.read_parquet(a[0]), pl.read_parquet(b[0]), check_exact=True)
+
+
+@pytest.mark.parametrize("known", [
+    {"part_rows": 4, "parts": [[4, "x"], [4, "y"], [4, "z"]]},  # another part size
+    {"parts": [[5, "x"], [5, "y"]]},  # not the frame's height
+    {"parts": [[5, "x"], [2, "y"], [5, "z"]]},  # a short part before the last
+    {"parts": [[5, 1], [5, 2], [2, 3]]},  # not digests
+    {"format": 0, "parts": [[5, "x"], [5, "y"], [2, "z"]]},  # another part format
+    {"polars": "0.0.1", "parts": [[5, "x"], [5, "y"], [2, "z"]]},  # another polars version
+    "not a record",
+])
+def test_known_digests_that_do_not_describe_the_frame_are_ignored(tmp_path, known):
+    if isinstance(known, dict):
+        known = {"part_rows": 5, "format": io.PART_FORMAT, "polars": pl.__version__, **known}
+    table = frame(12)
+    write_parts(table, tmp_path / "t.parquet", part_rows=5, known=known)
+    assert [r["digest"] for _, r in stored_parts(tmp_path / "t.parquet")] == \
+        [d for _, d in io.part_digests(table, 5)["parts"]]
+
+
+def test_a_weekly_pipeline_run_links_the_accepted_parts_it_keeps_with_their_true_digests(tmp_path, monkeypatch):
+    """Through Dagster: ingest hands each accepted table's part digests to the I/O manager,
+    carried over for the rows a weekly run keeps; the parts are reused, every footer's
+    digest is its rows' digest, and the tables equal a fresh run's."""
+    import shutil
+
+    import dagster as dg
+
+    from pipelines.pipeline import run_pipeline
+    from pipelines.synth import generate
+
+    monkeypatch.setattr(io, "PART_ROWS", 64)
+    source, raw = tmp_path / "source", tmp_path / "raw"
+    generate(150, 7, source)
+    weeks = sorted(p.name for p in source.iterdir() if p.is_dir())
+    for week in weeks[:-1]:
+        shutil.copytree(source / week, raw / week)
+    instance = dg.DagsterInstance.ephemeral()
+
+    def go(raw_dir, folder):
+        outcome = run_pipeline(raw_dir, folder / "processed", folder / "reports", today="2026-11-27", instance=instance)
+        assert outcome.success, outcome.failure
+        return outcome
+
+    go(raw, tmp_path / "work")
+    shutil.copytree(source / weeks[-1], raw / weeks[-1])
+    hashed: list = []
+    real = io.rows_digest
+    monkeypatch.setattr(io, "rows_digest", lambda chunk: hashed.append(chunk.height) or real(chunk))
+    second = go(raw, tmp_path / "work")
+    monkeypatch.setattr(io, "rows_digest", real)
+    go(source, tmp_path / "fresh")
+    reused = 0
+    for table in ("episodes", "sessions", "pain_scores"):
+        record = next(r for r in instance.fetch_materializations(dg.AssetKey(table), limit=5).records
+                      if r.run_id == second.run_id)
+        reused += record.asset_materialization.metadata["parts_reused"].value
+        mine, fresh = (stored_parts(tmp_path / f / "processed" / f"{table}.parquet") for f in ("work", "fresh"))
+        assert len(mine) > 1
+        assert [r for _, r in mine] == [r for _, r in fresh], table
+        for path, record in mine:
+            assert record["digest"] == real(pl.read_parquet(path)), path
+        assert_frame_equal(pl.read_parquet(tmp_path / "work" / "processed" / f"{table}.parquet"),
+                           pl.read_parquet(tmp_path / "fresh" / "processed" / f"{table}.parquet"), check_exact=True)
+    assert reused > 0
+    # the weekly run hashed fewer accepted rows than it stored (the outcome step's part sums
+    # hash only the parts it has not seen: no more than the parts written)
+    stored = sum(pl.read_parquet(tmp_path / "work" / "processed" / f"{t}.parquet").height
+                 for t in ("episodes", "sessions", "pain_scores"))
+    assert sum(hashed) < stored

@@ -142,7 +142,8 @@ class ProcessedTableIOManager(dg.ConfigurableIOManager):
         path = self._path(context)
         if _value((context.definition_metadata or {}).get("parts")):
             previous = Path(self.published_dir or self.processed_dir) / path.name
-            written = write_parts(obj, path, previous)
+            known = _value((context.output_metadata or {}).get("part_digests"))
+            written = write_parts(obj, path, previous, known=known)
             context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": obj.height, **written})
             return
         write_table(obj, path, {STAMP_KEY: lineage} if lineage else None)

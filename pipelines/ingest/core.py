@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 import numpy as np
 import polars as pl
 
+from pipelines import io as table_io
 from pipelines.ingest.cache import IngestCache
 from pipelines.ingest.keys import ACCEPTED, REJECTED, STATUS_NAMES, settle_keys
 from pipelines.ingest.privacy import mask_expr
@@ -70,6 +71,9 @@ class IngestResult:
     full_reason: str | None = None
     #: waits for the cache and the state being written (ingest_folder's ``background``)
     finish: Callable[[], None] = lambda: None
+    #: per accepted table, the digests of the parts it is stored in
+    #: (:func:`pipelines.io.part_digests`, for ``write_parts(..., known=...)``)
+    part_digests: dict[str, dict] = field(default_factory=dict)
 
     def table(self, name: str) -> pl.DataFrame:
         return getattr(self, name)
@@ -649,10 +653,16 @@ def _settle(files: list[RawFile], results: dict[int, dict], today: date, previou
     audit = _audit(file_rows, counts, rejected_df)
     output = {t: accepted[t].select(*TABLES[t].names, _source_file(accepted[t]["file_idx"], source_files), "line")
               for t in TABLE_ORDER}
+    # the rows kept as they were are the last state's accepted rows, file names included
+    # (the rows' files kept their numbers): the digests of the parts within them carry over
+    digests = {t: table_io.part_digests(output[t], None, previous.accepted_parts.get(t) if previous else None,
+                                        unchanged.get(f"{t}.accepted", 0))
+               for t in TABLE_ORDER}
     state = SettledState(files=file_rows, today=today, ragged=ragged_rows, counts=counts, tables=state_tables,
-                         base=previous, unchanged=unchanged)
+                         base=previous, unchanged=unchanged, accepted_parts=digests)
     return IngestResult(episodes=output["episodes"], sessions=output["sessions"],
-                        pain_scores=output["pain_scores"], rejected=rejected_df, audit=audit), state
+                        pain_scores=output["pain_scores"], rejected=rejected_df, audit=audit,
+                        part_digests=digests), state
 
 
 def _later_schema(spec: TableSpec) -> dict:

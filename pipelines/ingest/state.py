@@ -98,6 +98,9 @@ class SettledState:
     #: leading rows are that state's rows as stored: its full parts within them are linked
     base: "SettledState | None" = None
     unchanged: dict[str, int] = field(default_factory=dict)
+    #: per table, the digests of the parts its accepted table is stored in
+    #: (:func:`pipelines.io.part_digests`): the next run carries over those of the rows it keeps
+    accepted_parts: dict[str, dict] = field(default_factory=dict)
 
     def table(self, name: str) -> TableState:
         """One table's state, read now (one at a time keeps memory to one table's state);
@@ -134,7 +137,8 @@ def save_state(folder: Path, state: SettledState, identity: dict) -> None:
         frames["counts"] = pl.DataFrame({f"s{i}": state.counts[:, i] for i in range(state.counts.shape[1])})
         for name, frame in frames.items():
             parts[name] = _save_frame(tmp, name, frame, state.base, state.unchanged.get(name, 0))
-        meta = {**identity, "today": state.today.isoformat(), "files": state.files, "parts": parts}
+        meta = {**identity, "today": state.today.isoformat(), "files": state.files, "parts": parts,
+                "accepted_parts": state.accepted_parts}
         (tmp / "state.json").write_text(json.dumps(meta))
         old = folder.with_name(f".{folder.name}.old.{os.getpid()}")
         if folder.exists():
@@ -219,8 +223,10 @@ def load_state(folder: Path, identity: dict) -> SettledState | None:
         files = meta["files"]
         if counts.shape[0] != len(files):
             return None
+        accepted_parts = meta.get("accepted_parts")
         return SettledState(files=files, today=date.fromisoformat(meta["today"]),
-                            ragged=_read_part(folder, "ragged", parts), counts=counts, folder=folder, parts=parts)
+                            ragged=_read_part(folder, "ragged", parts), counts=counts, folder=folder, parts=parts,
+                            accepted_parts=accepted_parts if isinstance(accepted_parts, dict) else {})
     except (OSError, ValueError, KeyError, TypeError, StateUnreadable, pl.exceptions.PolarsError):
         return None
 

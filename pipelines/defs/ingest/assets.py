@@ -55,7 +55,9 @@ def ingest(context: dg.AssetExecutionContext, paths: PipelineConfig, analysis_se
         context.log.info(f"ingest: {settled}")
         for name in ACCEPTED:
             frame = result.table(name)
-            yield dg.Output(frame, output_name=name, metadata={"run_date": today.isoformat()})
+            # the digests of its parts, which the I/O manager then need not compute (write_parts' known)
+            yield dg.Output(frame, output_name=name, metadata={
+                "run_date": today.isoformat(), "part_digests": dg.MetadataValue.json(result.part_digests[name])})
         yield dg.Output(result.rejected, output_name="rejected_rows", metadata={
             "by_table": dg.MetadataValue.json(
                 {t: int((result.rejected["table"] == t).sum()) for t in ("episodes", "sessions", "pain_scores")})})
