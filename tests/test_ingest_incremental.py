@@ -330,3 +330,15 @@ def test_a_weekly_run_carries_over_the_digests_of_the_accepted_parts_it_keeps(tm
     for result in (second, third):
         for name in ("episodes", "sessions", "pain_scores"):
             assert result.part_digests[name] == table_io.part_digests(result.table(name), 4)
+
+
+def test_file_numbers_are_remapped_unless_every_file_kept_its_number():
+    import numpy as np
+
+    frame = pl.DataFrame({"file_idx": pl.Series([0, 2, 2, 1], dtype=pl.Int32), "line": [1, 2, 3, 4]})
+    same = state_module.TableState.remap_frame(frame, np.arange(3))
+    assert same is frame  # nothing to do: a week's new files sort after the old ones
+    moved = state_module.TableState.remap_frame(frame, np.array([0, 3, 4]))
+    assert moved["file_idx"].to_list() == [0, 4, 4, 3] and moved.schema["file_idx"] == pl.Int32
+    wide = frame.with_columns(pl.col("file_idx").cast(pl.Int64))
+    assert state_module.TableState.remap_frame(wide, np.arange(3)).schema["file_idx"] == pl.Int32

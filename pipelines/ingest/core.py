@@ -582,6 +582,7 @@ def _settle(files: list[RawFile], results: dict[int, dict], today: date, previou
         ragged_rows = pl.concat([previous_ragged, ragged_rows]).sort("file_idx", "line")
     accepted: dict[str, pl.DataFrame] = {}
     changed: dict[str, pl.Series] = {}
+    left: dict[str, pl.Series] = {}
     state_tables: dict[str, TableState] = {}
     unchanged: dict[str, int] = {}
     rejected: list[pl.DataFrame] = [ragged_rows.select(
@@ -601,7 +602,15 @@ def _settle(files: list[RawFile], results: dict[int, dict], today: date, previou
                 refer = pl.col("episode_id").is_in(changed["episodes"].implode())
                 if table == "pain_scores":
                     refer = refer | pl.col("session_id").is_in(changed["sessions"].implode())
-                touched += [old.accepted.filter(refer).get_column("_h"), old.others.filter(refer).get_column("_h")]
+                touched.append(old.others.filter(refer).get_column("_h"))
+                # an accepted row references an episode (and session) accepted last run (rule
+                # 3): of the changed ones, only those whose accepted version changed or left
+                # concern it, and a weekly run mostly has none (its new ids were not accepted)
+                gone = [(c, left[t]) for c, t in (("episode_id", "episodes"), ("session_id", "sessions"))
+                        if t in left and (table == "pain_scores" or t == "episodes") and left[t].len()]
+                if gone:
+                    touched.append(old.accepted.filter(
+                        pl.any_horizontal([pl.col(c).is_in(ids.implode()) for c, ids in gone])).get_column("_h"))
             keys = pl.concat(touched).unique()
             in_acc = old.accepted.get_column("_h").is_in(keys.implode())
             in_oth = old.others.get_column("_h").is_in(keys.implode())
@@ -631,9 +640,11 @@ def _settle(files: list[RawFile], results: dict[int, dict], today: date, previou
             if table in REFERENCED:
                 cols = REFERENCED[table]
                 before, after = again_acc.select(cols), outcome.accepted.select(cols)
+                # the ids whose accepted version changed or left, and those accepted anew
+                left[table] = before.join(after, on=cols, how="anti", nulls_equal=True).get_column(cols[0])
                 changed[table] = pl.concat([
-                    before.join(after, on=cols, how="anti", nulls_equal=True),
-                    after.join(before, on=cols, how="anti", nulls_equal=True)]).get_column(cols[0]).unique()
+                    left[table], after.join(before, on=cols, how="anti", nulls_equal=True).get_column(cols[0])
+                ]).unique()
             del old, again_acc, again_oth, in_acc, in_oth
         else:
             table_accepted, others = outcome.accepted, outcome.others
