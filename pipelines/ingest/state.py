@@ -72,6 +72,8 @@ class TableState:
 
     @staticmethod
     def remap_frame(frame: pl.DataFrame, old_to_new: np.ndarray) -> pl.DataFrame:
+        if frame.schema["file_idx"] == pl.Int32 and np.array_equal(old_to_new, np.arange(len(old_to_new))):
+            return frame  # every file kept its number (new files came after the old ones)
         lookup = pl.Series(old_to_new.astype(np.int32))
         return frame.with_columns(lookup.gather(frame.get_column("file_idx").cast(pl.UInt32)).alias("file_idx"))
 
