@@ -313,21 +313,15 @@ def write_parts(frame: pl.DataFrame, target: str | Path, previous: str | Path | 
 
     ``known``: the frame's part digests as :func:`part_digests` gives them, which the
     caller has already (ingest carries them over for the rows a weekly run keeps): then no
-    row is hashed here. Ignored unless they describe parts of ``part_rows`` rows adding up
-    to the frame's height.
+    row is hashed here; else every part is hashed once. Ignored unless they describe parts
+    of ``part_rows`` rows adding up to the frame's height.
     """
     target = Path(target)
     previous = Path(previous) if previous is not None else target
     part_rows = part_rows or PART_ROWS
     schema = _schema_text(frame)
-    digests = _known_digests(known, frame.height, part_rows)
-
-    def digest(index: int, start: int, chunk: pl.DataFrame) -> str:
-        if digests is not None and index < len(digests) and start == index * part_rows \
-                and digests[index][0] == chunk.height:
-            return digests[index][1]
-        return rows_digest(chunk)
-
+    # every part is either compared or written, so each one's digest is needed once
+    digests = _known_digests(known, frame.height, part_rows) or part_digests(frame, part_rows)["parts"]
     reuse: list[Path] = []
     offset = 0
     for path, record in stored_parts(previous):
@@ -337,7 +331,7 @@ def write_parts(frame: pl.DataFrame, target: str | Path, previous: str | Path | 
         if (record.get("format") != PART_FORMAT or record.get("schema") != schema
                 or record.get("polars") != pl.__version__ or not 0 < rows <= frame.height - offset
                 or (rows != part_rows and offset + rows != frame.height)
-                or record.get("digest") != digest(len(reuse), offset, frame.slice(offset, rows))):
+                or [rows, record.get("digest")] != digests[len(reuse)]):
             break
         reuse.append(path)
         offset += rows
@@ -355,7 +349,7 @@ def write_parts(frame: pl.DataFrame, target: str | Path, previous: str | Path | 
             starts = [0]  # an empty table: one empty part keeps its schema
         for index, start in enumerate(starts, start=len(reuse)):
             chunk = frame.slice(start, part_rows)
-            record = {"format": PART_FORMAT, "rows": chunk.height, "digest": digest(index, start, chunk),
+            record = {"format": PART_FORMAT, "rows": chunk.height, "digest": digests[index][1],
                       "schema": schema, "polars": pl.__version__}
             path = folder / part_name(index)
             chunk.write_parquet(path, compression="zstd", compression_level=PARQUET_ZSTD_LEVEL,

@@ -599,15 +599,14 @@ def _settle(files: list[RawFile], results: dict[int, dict], today: date, previou
             # run date now, or held by a row whose referenced episode or session changed
             touched = [key_hash(table, rows), key_hash(table, old.future)]
             if table != "episodes":
-                refer = pl.col("episode_id").is_in(changed["episodes"].implode())
-                if table == "pain_scores":
-                    refer = refer | pl.col("session_id").is_in(changed["sessions"].implode())
+                # the columns of this table's references (rule 3) and the tables they name
+                refs = [("episode_id", "episodes")] + ([("session_id", "sessions")] if table == "pain_scores" else [])
+                refer = pl.any_horizontal([pl.col(c).is_in(changed[t].implode()) for c, t in refs])
                 touched.append(old.others.filter(refer).get_column("_h"))
                 # an accepted row references an episode (and session) accepted last run (rule
                 # 3): of the changed ones, only those whose accepted version changed or left
                 # concern it, and a weekly run mostly has none (its new ids were not accepted)
-                gone = [(c, left[t]) for c, t in (("episode_id", "episodes"), ("session_id", "sessions"))
-                        if t in left and (table == "pain_scores" or t == "episodes") and left[t].len()]
+                gone = [(c, left[t]) for c, t in refs if left[t].len()]
                 if gone:
                     touched.append(old.accepted.filter(
                         pl.any_horizontal([pl.col(c).is_in(ids.implode()) for c, ids in gone])).get_column("_h"))
