@@ -1,10 +1,14 @@
 """The one entry point: every asset, check, job, schedule, sensor and resource.
 
 ``make_definitions`` builds them for a time zone and a first week; the module-level
-``defs`` (what `dagster dev` / `dg` load) takes the time zone from ./outcomes.toml and the
-first week from the processed data (see pipelines.defs.reports.partitions).
+``defs`` (what `dagster dev` / `dg` / a code server load) takes the time zone from
+./outcomes.toml, the first week from the processed data (see
+pipelines.defs.reports.partitions) and the executor from the environment
+(:func:`executor_from_environment`).
 """
 
+import json
+import os
 from datetime import date
 from pathlib import Path
 
@@ -22,6 +26,44 @@ from pipelines.defs.resources import AnalysisSettings, PipelineConfig, Processed
 from pipelines.settings import Settings
 
 SETTINGS_FILE = Path("outcomes.toml")
+#: the executor of ``defs``' jobs: ``in_process`` (default), ``multiprocess`` or ``celery``
+EXECUTOR_ENV = "OUTCOMES_EXECUTOR"
+#: that executor's config, a JSON object (e.g. the Celery broker); ``{}`` when unset
+EXECUTOR_CONFIG_ENV = "OUTCOMES_EXECUTOR_CONFIG"
+
+
+def executor_from_environment(environ=os.environ) -> dg.ExecutorDefinition:
+    """The executor named by ``$OUTCOMES_EXECUTOR``, configured with ``$OUTCOMES_EXECUTOR_CONFIG``.
+
+    A deployment picks where steps run by configuration alone (docs/deployment.md): every
+    process that loads the definitions (code server, run worker, Celery worker) gets the
+    same two variables. The config is fixed here, so scheduled and sensor runs use it too,
+    without an ``execution`` section in their run config. ``celery`` needs the ``celery``
+    extra (dagster-celery); its config keys are ``celery_executor``'s (broker, backend,
+    include, config_source, retries). An unknown name or malformed config raises, naming the
+    variable: a deployment must not run with another executor than the one it asked for.
+    """
+    name = environ.get(EXECUTOR_ENV, "").strip() or "in_process"
+    text = environ.get(EXECUTOR_CONFIG_ENV, "").strip()
+    try:
+        config = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"${EXECUTOR_CONFIG_ENV} is not JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"${EXECUTOR_CONFIG_ENV} must be a JSON object, not {type(config).__name__}")
+    if name == "in_process":
+        executor = dg.in_process_executor
+    elif name == "multiprocess":
+        executor = dg.multiprocess_executor
+    elif name == "celery":
+        try:
+            from dagster_celery import celery_executor
+        except ImportError:
+            raise ValueError(f"${EXECUTOR_ENV}=celery needs dagster-celery: pip install 'pipelines[celery]'") from None
+        executor = celery_executor
+    else:
+        raise ValueError(f"${EXECUTOR_ENV} must be in_process, multiprocess or celery, not {name!r}")
+    return executor.configured(config, name=name) if config else executor
 
 
 def make_definitions(settings: Settings | None = None, start: date | None = None,
@@ -59,7 +101,7 @@ def make_definitions(settings: Settings | None = None, start: date | None = None
     )
 
 
-defs = make_definitions()
+defs = make_definitions(executor=executor_from_environment())
 
 
 def outcomes_job_multiprocess() -> dg.JobDefinition:

@@ -256,12 +256,13 @@ def test_the_last_rating_of_the_week_is_the_final_score(sessions, followups, ref
     assert last["responders"] == (1 if responder and analysed.height else 0)
 
 
-def test_sorted_by_episode_merges_or_sorts():
+def test_sorted_by_episode():
     kept = pl.DataFrame({"episode_id": ["E1", "E3", "E5"], "x": [1, 3, 5]})
     redone = pl.DataFrame({"episode_id": ["E2", "E4"], "x": [2, 4]})
     expected = pl.DataFrame({"episode_id": ["E1", "E2", "E3", "E4", "E5"], "x": [1, 2, 3, 4, 5]})
     assert_frame_equal(history._sorted_by_episode(kept, redone), expected)
-    assert_frame_equal(history._sorted_by_episode(kept.reverse(), redone), expected)  # not sorted: sorted here
+    assert_frame_equal(history._sorted_by_episode(kept.reverse(), redone), expected)  # either need not be sorted
+    assert_frame_equal(history._sorted_by_episode(redone, kept), expected)
     with_null = pl.DataFrame({"episode_id": [None, "E0"], "x": [0, 0]}, schema={"episode_id": pl.String, "x": pl.Int64})
     assert_frame_equal(history._sorted_by_episode(kept, with_null),
                        pl.concat([kept, with_null]).sort("episode_id"))

@@ -66,10 +66,9 @@ def outcomes_before(episodes: pl.DataFrame, scored: pl.DataFrame, pain_scores: p
 
 
 def _sorted_by_episode(kept: pl.DataFrame, redone: pl.DataFrame) -> pl.DataFrame:
-    """``concat([kept, redone]).sort("episode_id")`` for frames of distinct episodes: merged
-    without sorting again when both are sorted already (as outcome tables are)."""
-    if all(f["episode_id"].null_count() == 0 and f["episode_id"].is_sorted() for f in (kept, redone)):
-        return kept.merge_sorted(redone, key="episode_id")
+    """``concat([kept, redone]).sort("episode_id")``, the outcome table's order. Sorting the
+    whole again costs less than merging the two sorted frames by their text ids
+    (``merge_sorted``: about twice the time at a million episodes)."""
     return pl.concat([kept, redone], how="vertical").sort("episode_id")
 
 

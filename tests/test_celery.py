@@ -1,0 +1,128 @@
+"""The asset graph runs unchanged under Dagster's Celery executor, chosen by configuration alone.
+
+A Celery worker (``dagster-celery worker start``) executes every step of a run launched with
+``dagster job execute -m pipelines.definitions``: the same commands as a deployment, where
+only the environment differs ($OUTCOMES_EXECUTOR, $OUTCOMES_EXECUTOR_CONFIG and
+$DAGSTER_HOME, given to both processes). The tables equal an in-process run's.
+
+The broker is Celery's filesystem transport (kombu) and the results its file backend, so no
+Redis or RabbitMQ is needed here: the run process and the worker exchange messages through
+folders. A deployment sets a Redis or RabbitMQ URL instead (docs/deployment.md, "Celery").
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from pipelines.definitions import EXECUTOR_CONFIG_ENV, EXECUTOR_ENV, executor_from_environment, make_definitions
+from test_multiprocess import EPISODES, SCORES, SESSIONS, _config
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _celery_config(folder: Path) -> dict:
+    for name in ("messages", "processed", "results"):
+        (folder / name).mkdir(parents=True)
+    return {
+        "broker": "filesystem://",
+        "backend": f"file://{folder / 'results'}",
+        "config_source": {"broker_transport_options": {
+            "data_folder_in": str(folder / "messages"), "data_folder_out": str(folder / "messages"),
+            "data_folder_processed": str(folder / "processed")}},
+    }
+
+
+def _stop(worker: subprocess.Popen) -> None:
+    """Stop the worker and the Celery processes it started (one process group)."""
+    if worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+
+
+def test_outcomes_job_under_the_celery_executor(tmp_path, monkeypatch):
+    pytest.importorskip("dagster_celery")
+    if not (BIN / "celery").exists() or not (BIN / "dagster-celery").exists():
+        pytest.skip("the celery and dagster-celery commands are not installed beside this Python")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "episodes_1.csv").write_text(EPISODES)
+    (raw / "sessions_1.csv").write_text(SESSIONS)
+    (raw / "pain_scores_1.csv").write_text(SCORES)
+    celery, single = tmp_path / "celery", tmp_path / "single"
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    config = _celery_config(tmp_path / "broker")
+    env = {**os.environ, "DAGSTER_HOME": str(home), EXECUTOR_ENV: "celery", EXECUTOR_CONFIG_ENV: json.dumps(config),
+           "OUTCOMES_FIRST_WEEK": "2026-01-05",  # the same definitions in both processes, whatever is written
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
+    # the worker takes the same broker settings from the YAML file dagster-celery reads
+    (tmp_path / "worker.yaml").write_text(json.dumps({"execution": {"config": config}}))
+    (tmp_path / "run.yaml").write_text(json.dumps(_config(raw, celery, tmp_path / "r1")))
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(tmp_path / "worker.yaml"),
+         "--", "--concurrency=1"],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        run = subprocess.run([str(BIN / "dagster"), "job", "execute", "-m", "pipelines.definitions", "-j", "outcomes_job",
+                              "-c", str(tmp_path / "run.yaml")],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        _stop(worker)
+        log.close()
+    worker_log = (tmp_path / "worker.log").read_text()
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + worker_log[-3000:]
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        [record] = instance.get_run_records()
+        assert record.dagster_run.job_name == "outcomes_job"
+        assert record.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+        logs = instance.all_logs(record.dagster_run.run_id)
+    steps = {e.step_key for e in logs if e.dagster_event is not None and e.dagster_event.event_type_value == "STEP_SUCCESS"}
+    assert {"ingest", "outcome_tables", "outcome_summaries", "accepted_keys_and_references"} <= steps
+    # every step was handed to Celery and run by the worker, in another process than the run's
+    submitted = {e.step_key for e in logs if "Submitting celery task" in (e.message or "")}
+    in_worker = {e.step_key for e in logs if "in celery worker" in (e.message or "")}
+    assert steps == submitted == in_worker
+    run_pids = {e.dagster_event.pid for e in logs if "Submitting celery task" in (e.message or "")}
+    step_pids = {e.dagster_event.pid for e in logs if e.dagster_event is not None
+                 and e.dagster_event.event_type_value == "STEP_SUCCESS"}
+    assert len(run_pids) == 1 and step_pids and not step_pids & run_pids
+
+    inproc = make_definitions().resolve_job_def("outcomes_job").execute_in_process(
+        run_config=_config(raw, single, tmp_path / "r2"), instance=dg.DagsterInstance.ephemeral())
+    assert inproc.success
+    for name in ("episode_outcomes.parquet", "condition_summary.csv", "episodes.parquet", "km_curves.parquet",
+                 "scored_sessions.parquet", "rejected_rows.csv", "ingest_audit.csv"):
+        read = pl.read_parquet if name.endswith(".parquet") else pl.read_csv
+        assert read(celery / name).equals(read(single / name)), name
+
+
+def test_the_executor_is_chosen_by_the_environment():
+    assert executor_from_environment({}).name == "in_process"
+    assert executor_from_environment({EXECUTOR_ENV: " multiprocess "}).name == "multiprocess"
+    configured = executor_from_environment({EXECUTOR_ENV: "multiprocess", EXECUTOR_CONFIG_ENV: '{"max_concurrent": 2}'})
+    assert configured.name == "multiprocess" and configured is not dg.multiprocess_executor
+    jobs = make_definitions(executor=configured)
+    assert jobs.resolve_job_def("outcomes_job").executor_def is configured
+    for environ, message in (({EXECUTOR_ENV: "threads"}, "must be in_process, multiprocess or celery"),
+                             ({EXECUTOR_CONFIG_ENV: "{broker"}, "is not JSON"),
+                             ({EXECUTOR_CONFIG_ENV: "[1]"}, "must be a JSON object")):
+        with pytest.raises(ValueError, match=message):
+            executor_from_environment(environ)
