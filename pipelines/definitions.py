@@ -59,7 +59,8 @@ def executor_from_environment(environ=os.environ) -> dg.ExecutorDefinition:
         try:
             from dagster_celery import celery_executor
         except ImportError:
-            raise ValueError(f"${EXECUTOR_ENV}=celery needs dagster-celery: pip install 'pipelines[celery]'") from None
+            raise ValueError(f"${EXECUTOR_ENV}=celery needs dagster-celery: install the project "
+                             "with its celery extra (pip install '.[celery]')") from None
         executor = celery_executor
     else:
         raise ValueError(f"${EXECUTOR_ENV} must be in_process, multiprocess or celery, not {name!r}")

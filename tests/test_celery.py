@@ -1,9 +1,11 @@
 """The asset graph runs unchanged under Dagster's Celery executor, chosen by configuration alone.
 
-A Celery worker (``dagster-celery worker start``) executes every step of a run launched with
+A Celery worker (``dagster-celery worker start``) executes every step of a run of the
+weekly report job (the scheduled job: ingest, outcomes and the report) launched with
 ``dagster job execute -m pipelines.definitions``: the same commands as a deployment, where
 only the environment differs ($OUTCOMES_EXECUTOR, $OUTCOMES_EXECUTOR_CONFIG and
-$DAGSTER_HOME, given to both processes). The tables equal an in-process run's.
+$DAGSTER_HOME, given to both processes). The tables and the report's published summary
+equal an in-process run's.
 
 The broker is Celery's filesystem transport (kombu) and the results its file backend, so no
 Redis or RabbitMQ is needed here: the run process and the worker exchange messages through
@@ -16,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -26,6 +29,7 @@ from pipelines.definitions import EXECUTOR_CONFIG_ENV, EXECUTOR_ENV, executor_fr
 from test_multiprocess import EPISODES, SCORES, SESSIONS, _config
 
 ROOT = Path(__file__).resolve().parents[1]
+FIRST_WEEK, WEEK = "2026-01-05", "2026-01-12"  # the partitions' first week; the week reported
 BIN = Path(sys.executable).parent
 
 
@@ -52,7 +56,7 @@ def _stop(worker: subprocess.Popen) -> None:
             worker.wait()
 
 
-def test_outcomes_job_under_the_celery_executor(tmp_path, monkeypatch):
+def test_weekly_report_job_under_the_celery_executor(tmp_path, monkeypatch):
     pytest.importorskip("dagster_celery")
     if not (BIN / "celery").exists() or not (BIN / "dagster-celery").exists():
         pytest.skip("the celery and dagster-celery commands are not installed beside this Python")
@@ -67,7 +71,7 @@ def test_outcomes_job_under_the_celery_executor(tmp_path, monkeypatch):
     shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
     config = _celery_config(tmp_path / "broker")
     env = {**os.environ, "DAGSTER_HOME": str(home), EXECUTOR_ENV: "celery", EXECUTOR_CONFIG_ENV: json.dumps(config),
-           "OUTCOMES_FIRST_WEEK": "2026-01-05",  # the same definitions in both processes, whatever is written
+           "OUTCOMES_FIRST_WEEK": FIRST_WEEK,  # the same partitions in both processes, whatever is written
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
     # the worker takes the same broker settings from the YAML file dagster-celery reads
@@ -75,12 +79,13 @@ def test_outcomes_job_under_the_celery_executor(tmp_path, monkeypatch):
     (tmp_path / "run.yaml").write_text(json.dumps(_config(raw, celery, tmp_path / "r1")))
     log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen(
-        [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(tmp_path / "worker.yaml"),
-         "--", "--concurrency=1"],
+        [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
+         "-y", str(tmp_path / "worker.yaml"), "--", "--concurrency=1"],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        run = subprocess.run([str(BIN / "dagster"), "job", "execute", "-m", "pipelines.definitions", "-j", "outcomes_job",
-                              "-c", str(tmp_path / "run.yaml")],
+        run = subprocess.run([str(BIN / "dagster"), "job", "execute", "-m", "pipelines.definitions",
+                              "-j", "weekly_report_job", "-c", str(tmp_path / "run.yaml"),
+                              "--tags", json.dumps({"dagster/partition": WEEK})],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     finally:
         _stop(worker)
@@ -91,11 +96,12 @@ def test_outcomes_job_under_the_celery_executor(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
         [record] = instance.get_run_records()
-        assert record.dagster_run.job_name == "outcomes_job"
+        assert record.dagster_run.job_name == "weekly_report_job"
         assert record.dagster_run.status == dg.DagsterRunStatus.SUCCESS
         logs = instance.all_logs(record.dagster_run.run_id)
-    steps = {e.step_key for e in logs if e.dagster_event is not None and e.dagster_event.event_type_value == "STEP_SUCCESS"}
-    assert {"ingest", "outcome_tables", "outcome_summaries", "accepted_keys_and_references"} <= steps
+    steps = {e.step_key for e in logs
+             if e.dagster_event is not None and e.dagster_event.event_type_value == "STEP_SUCCESS"}
+    assert {"ingest", "outcome_tables", "outcome_summaries", "accepted_keys_and_references", "weekly_report"} <= steps
     # every step was handed to Celery and run by the worker, in another process than the run's
     submitted = {e.step_key for e in logs if "Submitting celery task" in (e.message or "")}
     in_worker = {e.step_key for e in logs if "in celery worker" in (e.message or "")}
@@ -105,13 +111,20 @@ def test_outcomes_job_under_the_celery_executor(tmp_path, monkeypatch):
                  and e.dagster_event.event_type_value == "STEP_SUCCESS"}
     assert len(run_pids) == 1 and step_pids and not step_pids & run_pids
 
-    inproc = make_definitions().resolve_job_def("outcomes_job").execute_in_process(
-        run_config=_config(raw, single, tmp_path / "r2"), instance=dg.DagsterInstance.ephemeral())
+    job = make_definitions(start=date.fromisoformat(FIRST_WEEK)).resolve_job_def("weekly_report_job")
+    inproc = job.execute_in_process(
+        run_config=_config(raw, single, tmp_path / "r2"), partition_key=WEEK, instance=dg.DagsterInstance.ephemeral())
     assert inproc.success
     for name in ("episode_outcomes.parquet", "condition_summary.csv", "episodes.parquet", "km_curves.parquet",
                  "scored_sessions.parquet", "rejected_rows.csv", "ingest_audit.csv"):
         read = pl.read_parquet if name.endswith(".parquet") else pl.read_csv
         assert read(celery / name).equals(read(single / name)), name
+    [week] = [p.name for p in (tmp_path / "r1" / "weekly").iterdir()]
+    assert week == "2026-W03"
+    for name in ("report.html", "report.pdf"):
+        assert (tmp_path / "r1" / "weekly" / week / name).stat().st_size > 0
+    assert pl.read_csv(tmp_path / "r1" / "weekly" / week / "summary.csv").equals(
+        pl.read_csv(tmp_path / "r2" / "weekly" / week / "summary.csv"))
 
 
 def test_the_executor_is_chosen_by_the_environment():
