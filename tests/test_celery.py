@@ -26,7 +26,7 @@ import polars as pl
 import pytest
 
 from pipelines.definitions import EXECUTOR_CONFIG_ENV, EXECUTOR_ENV, executor_from_environment, make_definitions
-from test_multiprocess import EPISODES, SCORES, SESSIONS, _config
+from test_multiprocess import _config, write_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_WEEK, WEEK = "2026-01-05", "2026-01-12"  # the partitions' first week; the week reported
@@ -60,11 +60,7 @@ def test_weekly_report_job_under_the_celery_executor(tmp_path, monkeypatch):
     pytest.importorskip("dagster_celery")
     if not (BIN / "celery").exists() or not (BIN / "dagster-celery").exists():
         pytest.skip("the celery and dagster-celery commands are not installed beside this Python")
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    (raw / "episodes_1.csv").write_text(EPISODES)
-    (raw / "sessions_1.csv").write_text(SESSIONS)
-    (raw / "pain_scores_1.csv").write_text(SCORES)
+    raw = write_raw(tmp_path)
     celery, single = tmp_path / "celery", tmp_path / "single"
     home = tmp_path / "home"
     home.mkdir()

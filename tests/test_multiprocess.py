@@ -24,12 +24,18 @@ def _config(raw, processed, reports):
     }}
 
 
-def test_outcomes_job_under_the_multiprocess_executor(tmp_path):
-    raw = tmp_path / "raw"
+def write_raw(folder):
+    """A raw folder of one export of each table (30 episodes), as ``folder / "raw"``."""
+    raw = folder / "raw"
     raw.mkdir()
     (raw / "episodes_1.csv").write_text(EPISODES)
     (raw / "sessions_1.csv").write_text(SESSIONS)
     (raw / "pain_scores_1.csv").write_text(SCORES)
+    return raw
+
+
+def test_outcomes_job_under_the_multiprocess_executor(tmp_path):
+    raw = write_raw(tmp_path)
     multi, single = tmp_path / "multi", tmp_path / "single"
     (tmp_path / "home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
