@@ -73,21 +73,30 @@ def test_weekly_report_job_under_the_celery_executor(tmp_path, monkeypatch):
     # the worker takes the same broker settings from the YAML file dagster-celery reads
     (tmp_path / "worker.yaml").write_text(json.dumps({"execution": {"config": config}}))
     (tmp_path / "run.yaml").write_text(json.dumps(_config(raw, celery, tmp_path / "r1")))
+    # the instance's storage is created once, before two processes open it: the run process
+    # and the worker creating a new SQLite instance at the same time can both stamp its schema
+    # version, and the next process to open it then fails (seen here once)
+    subprocess.run([str(BIN / "dagster"), "instance", "migrate"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True, timeout=120)
     log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen(
         [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
          "-y", str(tmp_path / "worker.yaml"), "--", "--concurrency=1"],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        # a run whose worker never answers waits for it: the timeout kills the run process
         run = subprocess.run([str(BIN / "dagster"), "job", "execute", "-m", "pipelines.definitions",
                               "-j", "weekly_report_job", "-c", str(tmp_path / "run.yaml"),
                               "--tags", json.dumps({"dagster/partition": WEEK})],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as exc:
+        run = subprocess.CompletedProcess(exc.cmd, returncode=-1, stdout=str(exc.stdout or ""),
+                                          stderr=f"{exc.stderr or ''}\nno result after {exc.timeout} s")
     finally:
         _stop(worker)
         log.close()
     worker_log = (tmp_path / "worker.log").read_text()
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + worker_log[-3000:]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + "\nworker:\n" + worker_log[-3000:]
 
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
