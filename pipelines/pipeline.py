@@ -323,12 +323,26 @@ def _failure(result) -> str:
     return "see the Dagster run log"
 
 
+_INTERRUPTS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
+
+
 def _interrupted(result) -> bool:
+    """Whether a step or the run failed because the run was interrupted (SIGINT or SIGTERM,
+    which Dagster raises as DagsterExecutionInterruptedError in the step).
+
+    The signal may arrive while polars is calling Python code from Rust (e.g. a scan's
+    default options); the exception raised there reaches polars as an error it does not
+    expect, and polars panics. The step then fails with a ``PanicException`` whose message
+    names the interrupt (``PyErr { type: <class '...DagsterExecutionInterruptedError'> ...``):
+    that too is an interrupted run, not a broken one."""
     for event in result.all_events:
         if event.event_type_value in ("STEP_FAILURE", "RUN_FAILURE"):
             error = getattr(event.event_specific_data, "error", None)
             while error is not None:
-                if error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+                if error.cls_name in _INTERRUPTS:
+                    return True
+                if error.cls_name == "PanicException" and any(
+                        f"{name}'>" in (error.message or "") for name in _INTERRUPTS):
                     return True
                 error = error.cause
     return False

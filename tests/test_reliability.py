@@ -37,7 +37,7 @@ import pytest
 
 from pipelines.io import REPLACED, TEMP_FILE
 from pipelines.locking import EX_TEMPFAIL, LOCK_NAME, RunLocked, folder_lock, holds_lock, read_holder, run_lock
-from pipelines.pipeline import REPORT_STAGING, RUN_STAGING, TRASH, remove_leftovers, run_pipeline
+from pipelines.pipeline import REPORT_STAGING, RUN_STAGING, TRASH, _interrupted, remove_leftovers, run_pipeline
 
 TODAY = "2026-11-27"  # the run date of every run here: synthetic data end on Sunday 2026-11-22
 SOURCE_DATE_EPOCH = "1795000000"
@@ -502,6 +502,39 @@ def test_leftovers_of_killed_runs_are_removed_and_a_half_swapped_report_is_resto
     assert (processed / "episodes.parquet").read_bytes() == b"published"
     assert sorted(p.name for p in weekly.iterdir()) == ["2026-W46", "2026-W47"], done
     assert (weekly / "2026-W47" / "report.html").read_text() == "W47"
+
+
+def _failed_with(*chain: tuple[str, str], event: str = "STEP_FAILURE"):
+    """A stand-in for a Dagster run result with one failure event whose error has ``chain``
+    ((class name, message), outermost first) as its causes."""
+    from types import SimpleNamespace
+
+    error = None
+    for cls_name, message in reversed(chain):
+        error = SimpleNamespace(cls_name=cls_name, message=message, cause=error)
+    return SimpleNamespace(all_events=[SimpleNamespace(event_type_value=event,
+                                                       event_specific_data=SimpleNamespace(error=error))])
+
+
+# what a step reported when SIGTERM arrived while polars ran Python code from Rust (CI, once)
+PANIC = ("called `Result::unwrap()` on an `Err` value: PyErr { type: <class "
+         "'dagster._core.errors.DagsterExecutionInterruptedError'>, value: DagsterExecutionInterruptedError(), "
+         "traceback: Some(...) }")
+
+
+def test_an_interrupt_is_recognised_however_the_step_failed():
+    assert _interrupted(_failed_with(("DagsterExecutionInterruptedError", "")))
+    assert _interrupted(_failed_with(("DagsterExecutionStepExecutionError", "step failed"),
+                                     ("KeyboardInterrupt", "")))
+    assert _interrupted(_failed_with(("DagsterExecutionStepExecutionError", "step failed"), ("PanicException", PANIC)))
+    assert _interrupted(_failed_with(("PanicException", PANIC.replace(
+        "dagster._core.errors.DagsterExecutionInterruptedError", "KeyboardInterrupt")), event="RUN_FAILURE"))
+    # other failures, panics included, are failures
+    other_error = PANIC.replace("DagsterExecutionInterruptedError", "ValueError")
+    assert not _interrupted(_failed_with(("PanicException", other_error)))
+    assert not _interrupted(_failed_with(("PanicException", "index out of bounds")))
+    assert not _interrupted(_failed_with(("ValueError", "DagsterExecutionInterruptedError in a message")))
+    assert not _interrupted(_failed_with(("DagsterExecutionInterruptedError", ""), event="STEP_OUTPUT"))
 
 
 # --------------------------------------------------------------------------------------
