@@ -40,8 +40,9 @@ def executor_from_environment(environ=os.environ) -> dg.ExecutorDefinition:
     same two variables. The config is fixed here, so scheduled and sensor runs use it too,
     without an ``execution`` section in their run config. ``celery`` needs the ``celery``
     extra (dagster-celery); its config keys are ``celery_executor``'s (broker, backend,
-    include, config_source, retries). An unknown name or malformed config raises, naming the
-    variable: a deployment must not run with another executor than the one it asked for.
+    include, config_source, retries). An unknown name, malformed JSON or a config the
+    executor does not accept raises, naming the variable: a deployment must not run with
+    another executor or config than the one it asked for.
     """
     name = environ.get(EXECUTOR_ENV, "").strip() or "in_process"
     text = environ.get(EXECUTOR_CONFIG_ENV, "").strip()
@@ -64,7 +65,29 @@ def executor_from_environment(environ=os.environ) -> dg.ExecutorDefinition:
         executor = celery_executor
     else:
         raise ValueError(f"${EXECUTOR_ENV} must be in_process, multiprocess or celery, not {name!r}")
-    return executor.configured(config, name=name) if config else executor
+    if not config:
+        return executor
+    configured = executor.configured(config, name=name)
+    _check_config(configured)
+    return configured
+
+
+def _check_config(executor: dg.ExecutorDefinition) -> None:
+    """Validate a configured executor's config now, when the definitions load, not when the
+    first run starts (Dagster checks it against the executor's schema only then)."""
+
+    @dg.op
+    def probe() -> None:
+        pass
+
+    @dg.job(name="executor_config_probe", executor_def=executor)
+    def job() -> None:
+        probe()
+
+    try:
+        dg.validate_run_config(job)
+    except dg.DagsterInvalidConfigError as exc:
+        raise ValueError(f"${EXECUTOR_CONFIG_ENV} is not a config of the {executor.name} executor: {exc}") from None
 
 
 def make_definitions(settings: Settings | None = None, start: date | None = None,

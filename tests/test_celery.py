@@ -139,8 +139,15 @@ def test_the_executor_is_chosen_by_the_environment():
     assert configured.name == "multiprocess" and configured is not dg.multiprocess_executor
     jobs = make_definitions(executor=configured)
     assert jobs.resolve_job_def("outcomes_job").executor_def is configured
+    celery = {"broker": "redis://broker:6379/0", "backend": "redis://broker:6379/1"}
+    assert executor_from_environment({EXECUTOR_ENV: "celery", EXECUTOR_CONFIG_ENV: json.dumps(celery)}).name == "celery"
     for environ, message in (({EXECUTOR_ENV: "threads"}, "must be in_process, multiprocess or celery"),
                              ({EXECUTOR_CONFIG_ENV: "{broker"}, "is not JSON"),
-                             ({EXECUTOR_CONFIG_ENV: "[1]"}, "must be a JSON object")):
+                             ({EXECUTOR_CONFIG_ENV: "[1]"}, "must be a JSON object"),
+                             # checked against the executor's schema when the definitions load
+                             ({EXECUTOR_ENV: "multiprocess", EXECUTOR_CONFIG_ENV: '{"max_concurrent": "two"}'},
+                              "not a config of the multiprocess executor"),
+                             ({EXECUTOR_ENV: "celery", EXECUTOR_CONFIG_ENV: '{"brokr": "redis://broker:6379/0"}'},
+                              "not a config of the celery executor")):
         with pytest.raises(ValueError, match=message):
             executor_from_environment(environ)
