@@ -197,7 +197,18 @@ def _load_settings(path: Path | None):
     return Settings.from_toml(path)
 
 
+#: what argparse's Path makes of a URL (``s3://b/p`` -> ``s3:/b/p``)
+_URL_AS_PATH = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
+
+
 def _run(args: argparse.Namespace, program: bool = False) -> int:
+    for option, value in (("--raw-dir", args.raw_dir), ("--processed-dir", args.processed_dir),
+                          ("--reports-dir", args.reports_dir)):
+        if _URL_AS_PATH.match(str(value)):
+            print(f"outcomes: {option} {value} looks like object storage; `outcomes run` takes local folders "
+                  "(a bucket holds the processed tables of Dagster-launched runs: docs/deployment.md)",
+                  file=sys.stderr)
+            return 2
     if not args.raw_dir.is_dir():
         print(f"outcomes: raw folder {args.raw_dir} does not exist; create it and put export files in it",
               file=sys.stderr)

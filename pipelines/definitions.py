@@ -3,8 +3,8 @@
 ``make_definitions`` builds them for a time zone and a first week; the module-level
 ``defs`` (what `dagster dev` / `dg` / a code server load) takes the time zone from
 ./outcomes.toml, the first week from the processed data (see
-pipelines.defs.reports.partitions) and the executor from the environment
-(:func:`executor_from_environment`).
+pipelines.defs.reports.partitions), and the executor and the folders from the environment
+(:func:`executor_from_environment`, :func:`folders_from_environment`).
 """
 
 import json
@@ -30,6 +30,17 @@ SETTINGS_FILE = Path("outcomes.toml")
 EXECUTOR_ENV = "OUTCOMES_EXECUTOR"
 #: that executor's config, a JSON object (e.g. the Celery broker); ``{}`` when unset
 EXECUTOR_CONFIG_ENV = "OUTCOMES_EXECUTOR_CONFIG"
+#: the folders of ``defs``' runs by resource field: what scheduled and sensor runs use, and
+#: the defaults of any run's config. ``processed_dir`` may be an object-storage URL.
+FOLDER_ENV = {"raw_dir": "OUTCOMES_RAW_DIR", "processed_dir": "OUTCOMES_PROCESSED_DIR",
+              "reports_dir": "OUTCOMES_REPORTS_DIR", "cache_dir": "OUTCOMES_CACHE_DIR"}
+
+
+def folders_from_environment(environ=os.environ) -> dict[str, str]:
+    """The folders set in the environment (:data:`FOLDER_ENV`), by resource field; read
+    where the definitions load (code server, run worker, Celery worker), so every process
+    of a deployment must have the same values."""
+    return {field: environ[name].strip() for field, name in FOLDER_ENV.items() if environ.get(name, "").strip()}
 
 
 def executor_from_environment(environ=os.environ) -> dg.ExecutorDefinition:
@@ -91,15 +102,19 @@ def _check_config(executor: dg.ExecutorDefinition) -> None:
 
 
 def make_definitions(settings: Settings | None = None, start: date | None = None,
-                     executor: dg.ExecutorDefinition = dg.in_process_executor) -> dg.Definitions:
-    """Every definition, for a time zone (settings), a first week and an executor.
+                     executor: dg.ExecutorDefinition = dg.in_process_executor,
+                     folders: dict[str, str] | None = None) -> dg.Definitions:
+    """Every definition, for a time zone (settings), a first week, an executor and the
+    resources' folders (``folders``: fields of :class:`PipelineConfig`, default theirs).
 
     The default executor runs a whole run in one process, so the run lock (``run_guard``)
     covers every step; ``dg.multiprocess_executor`` runs the same graph unchanged, one
     process per step (the lock is then held by the ingest and report steps only).
     """
     settings = settings or (Settings.from_toml(SETTINGS_FILE) if SETTINGS_FILE.exists() else Settings())
-    partitions = weekly_partitions(start or first_week(), settings.timezone)
+    folders = folders or {}
+    partitions = weekly_partitions(start or first_week(folders.get("processed_dir")), settings.timezone)
+    paths = PipelineConfig(**folders)
     outcomes_job = dg.define_asset_job(
         "outcomes_job", selection=dg.AssetSelection.groups("ingest", "outcomes"),
         description="Ingest every export under the raw folder and compute the outcome tables.")
@@ -117,15 +132,15 @@ def make_definitions(settings: Settings | None = None, start: date | None = None
         # one process per run: the run lock (RunGuard) then covers every step of it
         executor=executor,
         resources={
-            "paths": PipelineConfig(),
+            "paths": paths,
             "analysis_settings": AnalysisSettings.from_settings(settings),
-            "processed_io_manager": ProcessedTableIOManager(),
-            "run_guard": RunGuard(),
+            "processed_io_manager": ProcessedTableIOManager(processed_dir=paths.processed_dir),
+            "run_guard": RunGuard(processed_dir=paths.processed_dir, reports_dir=paths.reports_dir),
         },
     )
 
 
-defs = make_definitions(executor=executor_from_environment())
+defs = make_definitions(executor=executor_from_environment(), folders=folders_from_environment())
 
 
 def outcomes_job_multiprocess() -> dg.JobDefinition:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 import polars as pl
 
 from pipelines.ingest.core import AUDIT_SCHEMA, REJECTED_SCHEMA
+from pipelines.io import is_url, locate
 from pipelines.outcomes.metrics import (episode_outcomes, episodes_as_of, latest_record_date, scored_sessions,
                                         session_relief)
 from pipelines.outcomes.summary import ALL, SUMMARY_SCHEMA, condition_summary_from, summarise
@@ -113,7 +114,7 @@ class Tables:
     latest_record: date | None = None
     #: the selections applied by select_cohort, in order (empty: every episode)
     cohort: tuple["Cohort", ...] = ()
-    processed_dir: Path | None = None
+    processed_dir: Path | str | None = None  # a URL for tables in a bucket
     #: polars schema of each table, to convert pandas frames back exactly
     schemas: dict[str, pl.Schema] = field(default_factory=dict, repr=False)
 
@@ -162,7 +163,7 @@ def _like(tables: Tables, frame: pl.DataFrame) -> Frame:
     return frame.to_pandas() if tables.as_pandas else frame
 
 
-def find_processed_dir(default: str | Path = "data/processed", env: str = PROCESSED_DIR_ENV) -> Path:
+def find_processed_dir(default: str | Path = "data/processed", env: str = PROCESSED_DIR_ENV) -> Path | str:
     """The processed folder: ``$OUTCOMES_PROCESSED_DIR`` if set, else ``default`` found from here.
 
     ``default`` is looked up relative to the working folder and each of its parents (first
@@ -175,7 +176,8 @@ def find_processed_dir(default: str | Path = "data/processed", env: str = PROCES
     >>> del os.environ["OUTCOMES_PROCESSED_DIR"]
     """
     if os.environ.get(env):
-        return Path(os.environ[env])
+        value = os.environ[env]
+        return value if is_url(value) else Path(value)  # a bucket (docs/deployment.md) stays a URL
     default = Path(default)
     if default.is_absolute():
         return default
@@ -199,20 +201,21 @@ def load_tables(processed_dir: str | Path = "data/processed", as_pandas: bool = 
     >>> tables = load_tables("data/processed")                          # doctest: +SKIP
     >>> tables.condition_summary.select("condition", "n_analysed", "mean_change")  # doctest: +SKIP
     """
-    folder = Path(processed_dir)
-    missing = [_FILES[n] for n in _REQUIRED if not (folder / _FILES[n]).exists()]
+    folder = processed_dir if is_url(processed_dir) else Path(processed_dir)
+    frames: dict[str, pl.DataFrame | None] = {}
+    for name, filename in _FILES.items():
+        path = locate(folder, filename)
+        try:  # a bucket is asked, not listed: a missing table is a missing object
+            if filename.endswith(".csv"):
+                frames[name] = pl.read_csv(path, schema=_CSV_SCHEMAS[name])
+            else:
+                frames[name] = pl.read_parquet(path)
+        except FileNotFoundError:
+            frames[name] = None
+    missing = [_FILES[n] for n in _REQUIRED if frames[n] is None]
     if missing:
         raise FileNotFoundError(f"{folder} has no {', '.join(missing)}: run `make demo` or "
                                 f"`outcomes run --processed-dir {folder}` first")
-    frames: dict[str, pl.DataFrame | None] = {}
-    for name, filename in _FILES.items():
-        path = folder / filename
-        if not path.exists():
-            frames[name] = None
-        elif path.suffix == ".csv":
-            frames[name] = pl.read_csv(path, schema=_CSV_SCHEMAS[name])
-        else:
-            frames[name] = pl.read_parquet(path)
     tables = Tables(**frames, latest_record=latest_record_date(frames["sessions"], frames["pain_scores"]),
                     processed_dir=folder, schemas={n: f.schema for n, f in frames.items() if f is not None})
     return tables.to_pandas() if as_pandas else tables

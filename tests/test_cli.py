@@ -103,6 +103,16 @@ def test_missing_raw_dir_is_a_one_line_error(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "does not exist" in err[0]
 
 
+def test_an_object_storage_url_is_refused_with_a_pointer(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw").mkdir()
+    code = main(["run", "--raw-dir", "raw", "--processed-dir", "s3://bucket/processed", "--reports-dir", "r"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "--processed-dir s3:/bucket/processed looks like object storage" in err[0] and "deployment.md" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no "s3:" folder, no lock files
+
+
 def test_bad_date_option_is_refused(capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["run", "--as-of", "2026-02-30"])

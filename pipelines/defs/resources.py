@@ -11,7 +11,7 @@ import dagster as dg
 import polars as pl
 
 from pipelines.ingest.core import AUDIT_SCHEMA, REJECTED_SCHEMA
-from pipelines.io import read_table, stored_parts, write_parts, write_table
+from pipelines.io import is_url, locate, read_table, stored_parts, write_parts, write_table
 from pipelines.outcomes.lineage import STAMP_KEY, Lineage, read_lineage
 from pipelines.outcomes.summary import SUMMARY_SCHEMA
 from pipelines.outcomes.metrics import latest_record_date
@@ -46,7 +46,11 @@ class AnalysisSettings(dg.ConfigurableResource):
 
 
 class PipelineConfig(dg.ConfigurableResource):
-    """Folders and dates of a run (CONTRACT.md "Output")."""
+    """Folders and dates of a run (CONTRACT.md "Output").
+
+    ``processed_dir`` may be an object-storage URL (``s3://bucket/prefix``, ``gs://``,
+    ``az://``) where the I/O manager's ``processed_dir`` is the same URL
+    (docs/deployment.md); raw exports and reports are local folders."""
 
     raw_dir: str = "data/raw"
     processed_dir: str = "data/processed"
@@ -57,15 +61,26 @@ class PipelineConfig(dg.ConfigurableResource):
     as_of: str = ""
     #: condition vocabulary CSV; empty: the packaged reference file
     vocabulary_file: str = ""
-    #: re-read only new or changed export files (cache under <processed_dir>/.cache/ingest)
+    #: re-read only new or changed export files (cache under <cache_dir>/ingest)
     ingest_cache: bool = True
+    #: local folder of the derived caches (ingest cache and settled state, outcome digest
+    #: sums); empty: <processed_dir>/.cache, or none when processed_dir is object storage
+    #: (then every run parses every file and settles every key: slower, same tables)
+    cache_dir: str = ""
+
+    def _cache_root(self) -> Path | None:
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        return None if is_url(self.processed_dir) else Path(self.processed_dir) / ".cache"
 
     def ingest_cache_dir(self) -> Path | None:
-        return Path(self.processed_dir) / ".cache" / "ingest" if self.ingest_cache else None
+        root = self._cache_root()
+        return root / "ingest" if self.ingest_cache and root is not None else None
 
-    def digest_cache_dir(self) -> Path:
+    def digest_cache_dir(self) -> Path | None:
         """Per-part sums of the outcome input digests (pipelines.outcomes.incremental.PartSums)."""
-        return Path(self.processed_dir) / ".cache" / "outcomes" / "digest-parts"
+        root = self._cache_root()
+        return root / "outcomes" / "digest-parts" if root is not None else None
 
     def run_date(self, timezone: str) -> date:
         if self.today:
@@ -99,8 +114,11 @@ class RunGuard(dg.ConfigurableResource):
     def yield_for_execution(self, context: dg.InitResourceContext):
         from pipelines.locking import RunLocked, run_lock
 
+        # object storage has no lock file: there one run at a time is the run queue's
+        # (max_concurrent_runs: 1, docs/deployment.md)
+        folders = [f for f in (self.processed_dir, self.reports_dir) if not is_url(f)]
         try:
-            with run_lock(self.processed_dir, self.reports_dir, wait=self.wait_seconds,
+            with run_lock(*folders, wait=self.wait_seconds,
                           command=f"dagster run {context.run.run_id}" if context.run else "dagster run"):
                 yield self
         except RunLocked as exc:
@@ -123,24 +141,29 @@ class ProcessedTableIOManager(dg.ConfigurableIOManager):
     An output declared with metadata ``parts`` True is stored as a folder of Parquet parts
     under its file name (:func:`pipelines.io.write_parts`): the parts of the version in
     ``published_dir`` whose rows are unchanged are linked, not written again. Any Parquet
-    reader reads the folder as one table."""
+    reader reads the folder as one table.
+
+    ``processed_dir`` may be an object-storage URL (``s3://bucket/prefix``; polars reads and
+    writes it, with credentials and endpoint from the environment, e.g. ``AWS_*``): then
+    every table is one object, the accepted tables too (no parts to reuse: correct, and it
+    writes their every row each run)."""
 
     processed_dir: str = "data/processed"
     #: where the last published tables are, when outputs go to a staging folder first
     #: (``outcomes run``); empty: ``processed_dir``
     published_dir: str = ""
 
-    def _path(self, context: dg.InputContext | dg.OutputContext) -> Path:
+    def _path(self, context: dg.InputContext | dg.OutputContext) -> str | Path:
         output_ctx = context if isinstance(context, dg.OutputContext) else context.upstream_output
         metadata = (output_ctx.definition_metadata or {}) if output_ctx is not None else {}
         name = _value(metadata.get("filename")) or f"{context.asset_key.path[-1]}.parquet"
-        return Path(self.processed_dir) / name
+        return locate(self.processed_dir, name)
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         # a step's "lineage" output metadata (pipelines.outcomes.lineage) goes into the Parquet footer
         lineage = _value((context.output_metadata or {}).get("lineage"))
         path = self._path(context)
-        if _value((context.definition_metadata or {}).get("parts")):
+        if _value((context.definition_metadata or {}).get("parts")) and not is_url(path):
             previous = Path(self.published_dir or self.processed_dir) / path.name
             known = _value((context.output_metadata or {}).get("part_digests"))
             written = write_parts(obj, path, previous, known=known)
@@ -155,7 +178,7 @@ class ProcessedTableIOManager(dg.ConfigurableIOManager):
 
     def read_file(self, filename: str, columns: list[str] | None = None) -> pl.DataFrame:
         """A stored Parquet table by file name, only ``columns`` of it (all when None)."""
-        return pl.read_parquet(Path(self.processed_dir) / filename, columns=columns)
+        return pl.read_parquet(locate(self.processed_dir, filename), columns=columns)
 
     def read(self, asset_name: str, columns: list[str] | None = None) -> pl.DataFrame:
         """An asset's stored table by asset name (``<asset>.parquet``)."""
@@ -164,6 +187,8 @@ class ProcessedTableIOManager(dg.ConfigurableIOManager):
     def part_records(self, asset_name: str) -> list[tuple[int, str]] | None:
         """(rows, content digest) of each part of an asset's table stored as a folder of
         parts (:func:`pipelines.io.stored_parts`), in order; None for a single file."""
+        if is_url(self.processed_dir):
+            return None  # one object per table there
         parts = stored_parts(Path(self.processed_dir) / f"{asset_name}.parquet")
         if not parts or not all(isinstance(r.get("rows"), int) and isinstance(r.get("digest"), str)
                                 for _, r in parts):
@@ -172,11 +197,11 @@ class ProcessedTableIOManager(dg.ConfigurableIOManager):
 
     def lineage(self, filename: str) -> Lineage | None:
         """What a stored table was computed from (pipelines.outcomes.lineage), if it says."""
-        return read_lineage(Path(self.processed_dir) / filename)
+        return read_lineage(locate(self.processed_dir, filename))
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         path = self._path(context)
         columns = (context.definition_metadata or {}).get("columns")
-        if columns is not None and path.suffix == ".parquet":
+        if columns is not None and str(path).endswith(".parquet"):
             return pl.read_parquet(path, columns=list(columns))
-        return read_table(path, CSV_SCHEMAS.get(path.name))
+        return read_table(path, CSV_SCHEMAS.get(str(path).rsplit("/", 1)[-1]))

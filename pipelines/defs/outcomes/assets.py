@@ -14,14 +14,13 @@ Two multi-asset steps do most of the work, each reading its large inputs once:
 """
 
 import json
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from pipelines.defs.markdown import markdown_table
 from pipelines.defs.resources import AnalysisSettings, PipelineConfig, ProcessedTableIOManager
-from pipelines.io import write_table
+from pipelines.io import locate, write_table
 from pipelines.outcomes import incremental as inc
 from pipelines.outcomes.lineage import Lineage, code_fingerprint, inputs_digest
 from pipelines.outcomes.metrics import episode_outcomes_from, episodes_as_of, scored_sessions as compute_scored
@@ -128,22 +127,25 @@ def outcome_tables(context: dg.AssetExecutionContext, paths: PipelineConfig, ana
     outcomes_stamp = Lineage(inputs=inputs, as_of=as_of.isoformat(), code=code_fingerprint(),
                              settings=json.loads(json.dumps(settings.as_dict())))
     # parts of the accepted tables seen last run are not hashed again (inc.PartSums)
-    part_sums = inc.PartSums(paths.digest_cache_dir())
+    # (no cache folder when the processed tables are on object storage: every row is hashed)
+    cache = paths.digest_cache_dir()
+    part_sums = inc.PartSums(cache) if cache is not None else None
     digests = inc.episode_digests(episodes, sessions, pain_scores,
                                   {t: processed_io_manager.part_records(t) for t in ("episodes", "sessions", "pain_scores")},
                                   part_sums)
-    part_sums.finish()
-    context.log.info(f"{inc.DIGESTS_FILE}: {part_sums.reused} parts of the accepted tables summed last run, "
-                     f"{part_sums.hashed} hashed")
+    if part_sums is not None:
+        part_sums.finish()
+        context.log.info(f"{inc.DIGESTS_FILE}: {part_sums.reused} parts of the accepted tables summed last run, "
+                         f"{part_sums.hashed} hashed")
     # read the previous digests and stamps before writing this run's (the same files when the
     # I/O manager writes straight into the processed folder)
     previous = _previous_store(paths)
-    planner = inc.Planner(digests, inc.read_digests(Path(paths.processed_dir) / inc.DIGESTS_FILE),
+    planner = inc.Planner(digests, inc.read_digests(locate(paths.processed_dir, inc.DIGESTS_FILE)),
                           _records_between(episodes, sessions, pain_scores))
     scored_plan = planner.plan("scored_sessions", scored_stamp, previous.lineage(_SCORED_FILE))
     outcomes_plan = planner.plan("episode_outcomes", outcomes_stamp, previous.lineage(_OUTCOMES_FILE))
     # published with the tables (pipelines.pipeline._publish_tables), stamped like scored_sessions
-    write_table(digests, Path(processed_io_manager.processed_dir) / inc.DIGESTS_FILE,
+    write_table(digests, locate(processed_io_manager.processed_dir, inc.DIGESTS_FILE),
                 inc.digests_metadata(scored_stamp))
     # the incremental plans of one run recompute the same episodes: their rows are picked out
     # and their scored sessions computed once for both tables, before the previous tables are read

@@ -7,6 +7,8 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from pipelines.io import is_url, locate
+
 #: used when neither OUTCOMES_FIRST_WEEK nor processed episodes say where the data start
 FALLBACK_FIRST_WEEK = date(2024, 1, 1)
 
@@ -21,11 +23,11 @@ def first_week(processed_dir: str | Path | None = None) -> date:
     override = os.environ.get("OUTCOMES_FIRST_WEEK")
     if override:
         return monday_of(date.fromisoformat(override))
-    path = Path(processed_dir or os.environ.get("OUTCOMES_PROCESSED_DIR", "data/processed")) / "episodes.parquet"
-    if path.exists():
+    path = locate(processed_dir or os.environ.get("OUTCOMES_PROCESSED_DIR", "data/processed"), "episodes.parquet")
+    if is_url(path) or path.exists():
         try:
             earliest = pl.scan_parquet(path).select(pl.col("referral_date").min()).collect().item()
-        except Exception:  # noqa: BLE001 - an unreadable table must not stop the definitions loading
+        except Exception:  # noqa: BLE001 - a missing or unreadable table must not stop the definitions loading
             earliest = None
         if earliest is not None:
             return monday_of(earliest)
