@@ -27,9 +27,9 @@ from pipelines.defs.reports.partitions import FALLBACK_FIRST_WEEK, first_week
 from pipelines.io import is_url, locate, read_table, write_table
 from pipelines.outcomes.lineage import STAMP_KEY, Lineage
 from pipelines.research import find_processed_dir, load_tables
-from pipelines.synth.generate import generate
 from test_celery import BIN, FIRST_WEEK, ROOT, WEEK
 from test_multiprocess import write_raw
+from weekly_helpers import add_week, raw_but_last_week
 
 BUCKET = "outcomes-test"
 TODAY = "2026-11-27"
@@ -127,12 +127,7 @@ def test_the_pipeline_on_a_bucket_equals_it_on_a_folder(s3, tmp_path, monkeypatc
     bucket with no cache (object storage's default), in a bucket with a local cache folder,
     and in a local folder. A full run, then the scheduled job a week later."""
     monkeypatch.chdir(tmp_path)  # a URL taken for a path would leave an "s3:" folder here
-    source = tmp_path / "exports"
-    generate(250, 7, source)
-    weeks = sorted(p.name for p in source.iterdir() if p.is_dir())
-    raw = tmp_path / "raw"
-    for week in weeks[:-1]:
-        shutil.copytree(source / week, raw / week)
+    source, raw, weeks = raw_but_last_week(tmp_path, 250, 7)
     local = tmp_path / "local"
     deployments = {  # name: (processed_dir, cache_dir)
         "s3": (f"s3://{BUCKET}/network/processed", ""),
@@ -144,7 +139,7 @@ def test_the_pipeline_on_a_bucket_equals_it_on_a_folder(s3, tmp_path, monkeypatc
     for name, (processed, cache_dir) in deployments.items():
         assert outcomes_job.execute_in_process(run_config=_config(raw, processed, tmp_path / f"r-{name}", cache_dir),
                                                instance=dg.DagsterInstance.ephemeral()).success
-    shutil.copytree(source / weeks[-1], raw / weeks[-1])
+    add_week(source, raw, weeks[-1])
     partition = date.fromisocalendar(int(weeks[-1][:4]), int(weeks[-1][-2:]), 1).isoformat()
     weekly = defs.resolve_job_def("weekly_report_job")
     results = {}

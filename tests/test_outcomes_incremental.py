@@ -481,20 +481,13 @@ def _tables_of(folder: Path) -> dict[str, pl.DataFrame]:
 
 
 def test_the_weekly_pipeline_run_splices_and_equals_a_fresh_full_run(tmp_path):
-    import shutil
 
     import dagster as dg
 
     from pipelines.pipeline import run_pipeline
-    from pipelines.synth import generate
+    from weekly_helpers import add_week, raw_but_last_week
 
-    source = tmp_path / "source"
-    generate(400, 5, source)
-    weeks = sorted(p.name for p in source.iterdir() if p.is_dir())
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    for week in weeks[:-1]:
-        shutil.copytree(source / week, raw / week)
+    source, raw, weeks = raw_but_last_week(tmp_path, 400, 5)
     instance = dg.DagsterInstance.ephemeral()
     work, fresh = tmp_path / "work", tmp_path / "fresh"
 
@@ -516,7 +509,7 @@ def test_the_weekly_pipeline_run_splices_and_equals_a_fresh_full_run(tmp_path):
     assert len(first_sums) == 3
 
     # the next week's exports arrive
-    shutil.copytree(source / weeks[-1], raw / weeks[-1])
+    add_week(source, raw, weeks[-1])
     second = go(raw, work)
     assert second.as_of > first.as_of
     # ingest settled again only what the new week's three files touch (pipelines.ingest.state)

@@ -274,20 +274,14 @@ def test_without_a_staging_folder_both_tables_are_still_spliced(tmp_path):
     """When the I/O manager writes straight into the processed folder (as under ``dagster
     dev``), the step plans both tables before it writes its digests and tables, so both are
     spliced from the previous ones, and equal a full computation."""
-    import shutil
 
     import dagster as dg
 
     from pipelines.definitions import make_definitions
     from pipelines.pipeline import run_config
-    from pipelines.synth import generate
+    from weekly_helpers import add_week, raw_but_last_week
 
-    source = tmp_path / "source"
-    generate(150, 8, source)
-    weeks = sorted(p.name for p in source.iterdir() if p.is_dir())
-    raw = tmp_path / "raw"
-    for week in weeks[:-1]:
-        shutil.copytree(source / week, raw / week)
+    source, raw, weeks = raw_but_last_week(tmp_path, 150, 8)
     job = make_definitions(Settings()).resolve_job_def("outcomes_job")
 
     def materialize(raw_dir, processed):
@@ -298,7 +292,7 @@ def test_without_a_staging_folder_both_tables_are_still_spliced(tmp_path):
                 for event in result.get_asset_materialization_events()}
 
     materialize(raw, tmp_path / "work")
-    shutil.copytree(source / weeks[-1], raw / weeks[-1])
+    add_week(source, raw, weeks[-1])
     said = materialize(raw, tmp_path / "work")
     for asset in ("scored_sessions", "episode_outcomes"):
         assert said[asset]["incremental"].value.startswith("incremental: recomputed "), said[asset]["incremental"]

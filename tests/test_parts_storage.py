@@ -263,19 +263,14 @@ def test_a_weekly_pipeline_run_links_the_accepted_parts_it_keeps_with_their_true
     """Through Dagster: ingest hands each accepted table's part digests to the I/O manager,
     carried over for the rows a weekly run keeps; the parts are reused, every footer's
     digest is its rows' digest, and the tables equal a fresh run's."""
-    import shutil
 
     import dagster as dg
 
     from pipelines.pipeline import run_pipeline
-    from pipelines.synth import generate
+    from weekly_helpers import add_week, raw_but_last_week
 
     monkeypatch.setattr(io, "PART_ROWS", 64)
-    source, raw = tmp_path / "source", tmp_path / "raw"
-    generate(150, 7, source)
-    weeks = sorted(p.name for p in source.iterdir() if p.is_dir())
-    for week in weeks[:-1]:
-        shutil.copytree(source / week, raw / week)
+    source, raw, weeks = raw_but_last_week(tmp_path, 150, 7)
     instance = dg.DagsterInstance.ephemeral()
 
     def go(raw_dir, folder):
@@ -284,7 +279,7 @@ def test_a_weekly_pipeline_run_links_the_accepted_parts_it_keeps_with_their_true
         return outcome
 
     go(raw, tmp_path / "work")
-    shutil.copytree(source / weeks[-1], raw / weeks[-1])
+    add_week(source, raw, weeks[-1])
     hashed: list = []
     real = io.rows_digest
     monkeypatch.setattr(io, "rows_digest", lambda chunk: hashed.append(chunk.height) or real(chunk))
