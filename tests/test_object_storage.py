@@ -16,6 +16,7 @@ import subprocess
 from datetime import date
 
 import boto3
+import numpy as np
 import dagster as dg
 import polars as pl
 import pytest
@@ -94,6 +95,19 @@ def test_tables_round_trip_through_the_bucket(s3):
     assert read_table(locate(base, "t.csv"), frame.schema).equals(frame)
     with pytest.raises(FileNotFoundError):
         store.read_file("missing.parquet")
+
+
+def test_a_large_table_goes_up_in_parts_and_comes_back_whole(s3):
+    """Tables of a million episodes (100-200 MB) are sent as S3 multipart uploads: the object
+    appears only when the upload completes, whole, with its footer."""
+    rng = np.random.default_rng(3)
+    frame = pl.DataFrame({"x": rng.random(2_500_000), "k": rng.integers(0, 1 << 62, 2_500_000)})
+    write_table(frame, f"s3://{BUCKET}/big.parquet", {STAMP_KEY: "{}"})
+    head = s3.head_object(Bucket=BUCKET, Key="big.parquet")
+    assert head["ETag"].strip('"').rsplit("-", 1)[-1].isdigit() and "-" in head["ETag"]  # a multipart upload's ETag
+    assert head["ContentLength"] > 30_000_000
+    assert pl.read_parquet(f"s3://{BUCKET}/big.parquet").equals(frame)
+    assert pl.read_parquet_metadata(f"s3://{BUCKET}/big.parquet")[STAMP_KEY] == "{}"
 
 
 def test_no_local_cache_for_object_storage_unless_configured(tmp_path):
