@@ -49,6 +49,9 @@ def raw(tmp_path: Path) -> Path:
 
 def test_run_writes_contract_outputs_and_summary(raw, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    # the deployment's folder variables (docs/deployment.md) are not this command's: its options are
+    for name in ("OUTCOMES_RAW_DIR", "OUTCOMES_PROCESSED_DIR", "OUTCOMES_REPORTS_DIR", "OUTCOMES_CACHE_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "elsewhere" / name))
     processed = tmp_path / "processed"
     collector = (gc.isenabled(), gc.get_freeze_count())
     code = main(["run", "--raw-dir", str(raw), "--processed-dir", str(processed),
@@ -59,6 +62,7 @@ def test_run_writes_contract_outputs_and_summary(raw, tmp_path, capsys, monkeypa
     assert (gc.isenabled(), gc.get_freeze_count()) == collector
     for name in ("episode_outcomes.parquet", "condition_summary.csv", "rejected_rows.csv", "ingest_audit.csv"):
         assert (processed / name).is_file(), name
+    assert (processed / ".cache" / "ingest").is_dir() and not (tmp_path / "elsewhere").exists()
     assert "Files: 3 ingested, 0 refused, 1 ignored" in out.out
     assert "Rows: 15 read = 13 accepted + 0 duplicate + 0 superseded + 2 rejected" in out.out
     assert "episode_id: '…' is not an accepted episode" in out.out
