@@ -7,9 +7,11 @@ only the environment differs ($OUTCOMES_EXECUTOR, $OUTCOMES_EXECUTOR_CONFIG and
 $DAGSTER_HOME, given to both processes). The tables and the report's published summary
 equal an in-process run's.
 
-The broker is Celery's filesystem transport (kombu) and the results its file backend, so no
-Redis or RabbitMQ is needed here: the run process and the worker exchange messages through
-folders. A deployment sets a Redis or RabbitMQ URL instead (docs/deployment.md, "Celery").
+It runs twice: with a Redis server as broker and result backend, as a deployment has it
+(docs/deployment.md, "Celery"), here a throwaway ``redis-server`` on a Unix socket in the
+test's folder (.ci/run installs Debian's package); and with Celery's filesystem transport
+(kombu) and file backend, which need no server: the run process and the worker exchange
+messages through folders.
 """
 
 import json
@@ -18,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -45,6 +48,44 @@ def _celery_config(folder: Path) -> dict:
     }
 
 
+def _redis_config(socket: Path) -> dict:
+    return {"broker": f"redis+socket://{socket}", "backend": f"redis+socket://{socket}"}
+
+
+@pytest.fixture
+def redis_socket(tmp_path):
+    """A throwaway Redis server listening on a Unix socket only (no port), stopped afterwards."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed (Debian package 'redis-server'; .ci/run installs it)")
+    pytest.importorskip("redis")
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    socket = folder / "redis.sock"
+    process = subprocess.Popen([server, "--port", "0", "--unixsocket", str(socket), "--save", "",
+                                "--appendonly", "no", "--dir", str(folder)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import redis
+
+        client = redis.Redis(unix_socket_path=str(socket))
+        for _ in range(200):
+            try:
+                if client.ping():
+                    break
+            except (redis.ConnectionError, FileNotFoundError):
+                pass
+            if process.poll() is not None:
+                pytest.fail(f"redis-server exited with {process.returncode}")
+            time.sleep(0.05)
+        else:
+            pytest.fail("redis-server did not answer within 10 s")
+        yield socket
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def _stop(worker: subprocess.Popen) -> None:
     """Stop the worker and the Celery processes it started (one process group)."""
     if worker.poll() is None:
@@ -56,16 +97,18 @@ def _stop(worker: subprocess.Popen) -> None:
             worker.wait()
 
 
-def test_weekly_report_job_under_the_celery_executor(tmp_path, monkeypatch):
+@pytest.mark.parametrize("broker", ["redis", "filesystem"])
+def test_weekly_report_job_under_the_celery_executor(broker, tmp_path, monkeypatch, request):
     pytest.importorskip("dagster_celery")
     if not (BIN / "celery").exists() or not (BIN / "dagster-celery").exists():
         pytest.skip("the celery and dagster-celery commands are not installed beside this Python")
+    socket = request.getfixturevalue("redis_socket") if broker == "redis" else None
     raw = write_raw(tmp_path)
     celery, single = tmp_path / "celery", tmp_path / "single"
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
-    config = _celery_config(tmp_path / "broker")
+    config = _redis_config(socket) if socket is not None else _celery_config(tmp_path / "broker")
     env = {**os.environ, "DAGSTER_HOME": str(home), EXECUTOR_ENV: "celery", EXECUTOR_CONFIG_ENV: json.dumps(config),
            "OUTCOMES_FIRST_WEEK": FIRST_WEEK,  # the same partitions in both processes, whatever is written
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
@@ -115,6 +158,10 @@ def test_weekly_report_job_under_the_celery_executor(tmp_path, monkeypatch):
     step_pids = {e.dagster_event.pid for e in logs if e.dagster_event is not None
                  and e.dagster_event.event_type_value == "STEP_SUCCESS"}
     assert len(run_pids) == 1 and step_pids and not step_pids & run_pids
+    if socket is not None:  # the steps' results went through Redis, one per task submitted
+        import redis
+
+        assert len(redis.Redis(unix_socket_path=str(socket)).keys("celery-task-meta-*")) == len(submitting)
 
     job = make_definitions(start=date.fromisoformat(FIRST_WEEK)).resolve_job_def("weekly_report_job")
     inproc = job.execute_in_process(
