@@ -9,6 +9,7 @@ speaks the S3 protocol. Credentials and endpoint come from the standard ``AWS_*`
 environment variables, as in a deployment.
 """
 
+import asyncio
 import json
 import os
 import shutil
@@ -27,9 +28,11 @@ from pipelines.definitions import EXECUTOR_ENV, folders_from_environment, make_d
 from pipelines.defs.reports.partitions import FALLBACK_FIRST_WEEK, first_week
 from pipelines.io import is_url, locate, read_table, write_table
 from pipelines.outcomes.lineage import STAMP_KEY, Lineage
-from pipelines.research import find_processed_dir, load_tables
+from pipelines.research import _FILES as RESEARCH_FILES
+from pipelines.research import PROCESSED_DIR_ENV, find_processed_dir, load_tables
 from test_celery import BIN, FIRST_WEEK, ROOT, WEEK
 from test_multiprocess import write_raw
+from test_notebooks import NOTEBOOKS_DIR, _run_all, _stdout, demo_processed, kernel_name  # noqa: F401 (fixtures)
 from weekly_helpers import add_week, raw_but_last_week
 
 BUCKET = "outcomes-test"
@@ -261,3 +264,19 @@ def test_notebooks_read_the_tables_from_a_bucket(s3, tmp_path, monkeypatch):
     assert tables.condition_summary.height > 1 and tables.processed_dir == bucket
     with pytest.raises(FileNotFoundError, match="nothing-here has no episodes.parquet"):
         load_tables(f"s3://{BUCKET}/nothing-here")
+
+
+def test_a_notebook_runs_on_tables_in_a_bucket(s3, demo_processed, kernel_name):
+    """The first notebook (the condition table, recomputed and checked against the stored
+    one) with ``OUTCOMES_PROCESSED_DIR`` naming a bucket that holds the demo run's tables."""
+    bucket = f"s3://{BUCKET}/notebooks/processed"
+    for filename in RESEARCH_FILES.values():
+        schema = CSV_SCHEMAS.get(filename)
+        write_table(read_table(demo_processed / filename, schema), locate(bucket, filename))
+    notebook = NOTEBOOKS_DIR / "1.0-condition-outcomes.ipynb"
+    env = {**os.environ, PROCESSED_DIR_ENV: bucket}
+    [(nb, error, _)] = asyncio.run(_run_all([notebook], kernel_name, env)).values()
+    assert error is None, error
+    assert bucket in _stdout(next(c for c in nb.cells if c.cell_type == "code"))
+    checked = _stdout(next(c for c in nb.cells if "assert_frame_equal(summary" in c.source))
+    assert checked.startswith(f"OK: the recomputed table equals {bucket}/condition_summary.csv"), checked
