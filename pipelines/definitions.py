@@ -23,6 +23,7 @@ from pipelines.defs.reports.assets import build_report_checks, build_weekly_repo
 from pipelines.defs.reports.automation import build_new_exports_sensor, build_weekly_schedule
 from pipelines.defs.reports.partitions import first_week, weekly_partitions
 from pipelines.defs.resources import AnalysisSettings, PipelineConfig, ProcessedTableIOManager, RunGuard
+from pipelines.research import PROCESSED_DIR_ENV
 from pipelines.settings import Settings
 
 SETTINGS_FILE = Path("outcomes.toml")
@@ -32,7 +33,7 @@ EXECUTOR_ENV = "OUTCOMES_EXECUTOR"
 EXECUTOR_CONFIG_ENV = "OUTCOMES_EXECUTOR_CONFIG"
 #: the folders of ``defs``' runs by resource field: what scheduled and sensor runs use, and
 #: the defaults of any run's config. ``processed_dir`` may be an object-storage URL.
-FOLDER_ENV = {"raw_dir": "OUTCOMES_RAW_DIR", "processed_dir": "OUTCOMES_PROCESSED_DIR",
+FOLDER_ENV = {"raw_dir": "OUTCOMES_RAW_DIR", "processed_dir": PROCESSED_DIR_ENV,  # the notebooks' too
               "reports_dir": "OUTCOMES_REPORTS_DIR", "cache_dir": "OUTCOMES_CACHE_DIR"}
 
 

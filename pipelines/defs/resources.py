@@ -153,11 +153,14 @@ class ProcessedTableIOManager(dg.ConfigurableIOManager):
     #: (``outcomes run``); empty: ``processed_dir``
     published_dir: str = ""
 
-    def _path(self, context: dg.InputContext | dg.OutputContext) -> str | Path:
+    @staticmethod
+    def _filename(context: dg.InputContext | dg.OutputContext) -> str:
         output_ctx = context if isinstance(context, dg.OutputContext) else context.upstream_output
         metadata = (output_ctx.definition_metadata or {}) if output_ctx is not None else {}
-        name = _value(metadata.get("filename")) or f"{context.asset_key.path[-1]}.parquet"
-        return locate(self.processed_dir, name)
+        return _value(metadata.get("filename")) or f"{context.asset_key.path[-1]}.parquet"
+
+    def _path(self, context: dg.InputContext | dg.OutputContext) -> str | Path:
+        return locate(self.processed_dir, self._filename(context))
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         # a step's "lineage" output metadata (pipelines.outcomes.lineage) goes into the Parquet footer
@@ -200,8 +203,9 @@ class ProcessedTableIOManager(dg.ConfigurableIOManager):
         return read_lineage(locate(self.processed_dir, filename))
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
-        path = self._path(context)
+        name = self._filename(context)
+        path = locate(self.processed_dir, name)
         columns = (context.definition_metadata or {}).get("columns")
-        if columns is not None and str(path).endswith(".parquet"):
+        if columns is not None and name.endswith(".parquet"):
             return pl.read_parquet(path, columns=list(columns))
-        return read_table(path, CSV_SCHEMAS.get(str(path).rsplit("/", 1)[-1]))
+        return read_table(path, CSV_SCHEMAS.get(name))

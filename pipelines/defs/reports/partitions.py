@@ -19,11 +19,13 @@ def monday_of(day: date) -> date:
 
 def first_week(processed_dir: str | Path | None = None) -> date:
     """Monday of the first week in the data: $OUTCOMES_FIRST_WEEK, else the earliest referral
-    in the processed episodes, else a fixed fallback."""
+    in the processed episodes (of ``processed_dir``, default ``data/processed``; ``defs``
+    passes $OUTCOMES_PROCESSED_DIR's, pipelines.definitions.folders_from_environment), else
+    a fixed fallback."""
     override = os.environ.get("OUTCOMES_FIRST_WEEK")
     if override:
         return monday_of(date.fromisoformat(override))
-    path = locate(processed_dir or os.environ.get("OUTCOMES_PROCESSED_DIR", "data/processed"), "episodes.parquet")
+    path = locate(processed_dir or "data/processed", "episodes.parquet")
     if is_url(path) or path.exists():
         try:
             earliest = pl.scan_parquet(path).select(pl.col("referral_date").min()).collect().item()
