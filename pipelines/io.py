@@ -224,20 +224,21 @@ def write_table(frame: pl.DataFrame, target: str | Path, metadata: dict[str, str
 
     On object storage (:func:`is_url`) the table is one object written by one request (or
     one multipart upload), which readers see whole or not at all, as after a rename."""
-    if is_url(target):
-        if target.endswith(".csv"):
-            frame.write_csv(target)
+    csv = str(target).endswith(".csv")
+
+    def write(where: str | Path) -> None:
+        if csv:
+            frame.write_csv(where)
         else:
-            frame.write_parquet(target, compression="zstd", compression_level=PARQUET_ZSTD_LEVEL,
+            frame.write_parquet(where, compression="zstd", compression_level=PARQUET_ZSTD_LEVEL,
                                 metadata=metadata or None)
+
+    if is_url(target):
+        write(target)
         return target
     target = Path(target)
     with atomic_path(target) as tmp:
-        if target.suffix == ".csv":
-            frame.write_csv(tmp)
-        else:
-            frame.write_parquet(tmp, compression="zstd", compression_level=PARQUET_ZSTD_LEVEL,
-                                metadata=metadata or None)
+        write(tmp)
     return target
 
 

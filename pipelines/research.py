@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 import polars as pl
 
 from pipelines.ingest.core import AUDIT_SCHEMA, REJECTED_SCHEMA
-from pipelines.io import is_url, locate
+from pipelines.io import is_url, locate, read_table
 from pipelines.outcomes.metrics import (episode_outcomes, episodes_as_of, latest_record_date, scored_sessions,
                                         session_relief)
 from pipelines.outcomes.summary import ALL, SUMMARY_SCHEMA, condition_summary_from, summarise
@@ -206,10 +206,7 @@ def load_tables(processed_dir: str | Path = "data/processed", as_pandas: bool = 
     for name, filename in _FILES.items():
         path = locate(folder, filename)
         try:  # a bucket is asked, not listed: a missing table is a missing object
-            if filename.endswith(".csv"):
-                frames[name] = pl.read_csv(path, schema=_CSV_SCHEMAS[name])
-            else:
-                frames[name] = pl.read_parquet(path)
+            frames[name] = read_table(path, _CSV_SCHEMAS.get(name))
         except FileNotFoundError:
             frames[name] = None
     missing = [_FILES[n] for n in _REQUIRED if frames[n] is None]
